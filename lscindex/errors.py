@@ -1,0 +1,24 @@
+"""Exceptions raised by lscindex.
+
+Every error the library raises on bad input derives from :class:`LscIndexError` and also from
+the matching builtin, so ``except ValueError`` keeps working. Messages name the offending value,
+what was expected and how to fix it, on one line.
+"""
+
+from __future__ import annotations
+
+
+class LscIndexError(Exception):
+    """Base class of every lscindex error."""
+
+
+class ConfigError(LscIndexError, ValueError):
+    """A configuration value is invalid (unknown kind, too many classes for a dim, ...)."""
+
+
+class CapacityError(ConfigError):
+    """An explicit dimension holds fewer vectors than the requested number of classes."""
+
+
+class InputError(LscIndexError, ValueError):
+    """An array argument has the wrong shape, dtype, values or range."""

@@ -1,0 +1,727 @@
+"""Vector systems: fixed class targets, the class <-> target codec, exact nearest-target decoding.
+
+A vector system V^{ab}_n is the set of all distinct coordinate permutations of a base vector in R^n
+with ``a`` entries +1, ``b`` entries -1 and the rest 0 (Gabdullin, arXiv 2512.07509). Kinds:
+
+========  ============================  ================================  =======================
+kind      base vector                   vectors in n dims                 mcs (closest pair cos)
+========  ============================  ================================  =======================
+``v11``   [1, 0, ..., 0, -1]  (``an``)  n(n-1)                            1/2
+``v21``   [1, 1, 0, ..., 0, -1]         n(n-1)(n-2)/2                     2/3
+``v22``   [1, 1, 0, ..., 0, -1, -1]     n(n-1)(n-2)(n-3)/4                3/4
+``vab``   a ones, b minus-ones          C(n, a) C(n-a, b)                 (a+b-1)/(a+b)
+``vabs``  V^{ab} and its negation       2 C(n, a) C(n-a, b)  (a != b)     same as ``vab``
+========  ============================  ================================  =======================
+
+Class ``c`` owns vector ``sigma(c)`` where ``sigma`` is a seeded Feistel bijection on
+``[0, n_vectors)``, and vector indices are colex ranks of (plus positions, minus positions), so
+both directions cost O(dim) with no table. The nearest vector of the whole system to an embedding
+is read off its largest and smallest coordinates; decoding skips vectors owned by no class and
+reports the embedding as *novel* when its nearest vector is one of those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from lscindex import _decode
+from lscindex._codec import (
+    MAX_INDEX,
+    FeistelPermutation,
+    binomial_table,
+    compress_complement,
+    expand_complement,
+    rank_combinations,
+    unrank_combinations,
+)
+from lscindex.errors import CapacityError, ConfigError, InputError
+
+if TYPE_CHECKING:
+    import faiss
+
+__all__ = [
+    "Decoded",
+    "TargetIndex",
+    "VectorSystem",
+    "count_vectors",
+    "n_min",
+    "parse_kind",
+]
+
+CODEC_VERSION = 1
+_KIND_RE = re.compile(r"^v(\d)(\d)(s?)$")
+_ALIASES = {"an": "v11"}
+KINDS_HELP = (
+    "v11 (alias an), v21, v22, any v<a><b> with digits a >= 1, b >= 0, "
+    "and sign-symmetric v<a><b>s with a != b (e.g. v21s)"
+)
+# Grow the candidate count by this factor when too few enumerated vectors belong to classes.
+_GROWTH = 4
+_MAX_CANDIDATES = 4096
+# Batches are split across threads only when each thread gets at least this many rows.
+_MIN_ROWS_PER_THREAD = 2048
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _default_threads() -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="lscindex-decode")
+        return _POOLS[workers]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """A parsed system kind: ``a`` plus-ones, ``b`` minus-ones, ``symmetric`` adds the negation."""
+
+    name: str
+    a: int
+    b: int
+    symmetric: bool
+
+
+def parse_kind(kind: str) -> KindSpec:
+    """Parse a kind name such as ``"v21"``, ``"an"`` or ``"v21s"``.
+
+    Raises:
+        ConfigError: unknown kind (the message lists the valid ones).
+
+    Example:
+        >>> parse_kind("an")
+        KindSpec(name='v11', a=1, b=1, symmetric=False)
+    """
+    if not isinstance(kind, str):
+        raise ConfigError(f"kind must be a string such as 'v21', got {kind!r}")
+    canonical = _ALIASES.get(kind.strip().lower(), kind.strip().lower())
+    match = _KIND_RE.match(canonical)
+    if match is None:
+        raise ConfigError(f"unknown vector system kind {kind!r}; use one of: {KINDS_HELP}")
+    a, b, sym = int(match.group(1)), int(match.group(2)), bool(match.group(3))
+    if a < 1:
+        raise ConfigError(
+            f"unknown vector system kind {kind!r}: it needs at least one +1 entry; "
+            f"use v{b}{a} instead (the mirror image) or one of: {KINDS_HELP}"
+        )
+    if sym and a == b:
+        raise ConfigError(
+            f"kind {kind!r}: v{a}{b} is already sign-symmetric (V = -V); use 'v{a}{b}'"
+        )
+    return KindSpec(canonical, a, b, sym)
+
+
+def _count(spec: KindSpec, dim: int) -> int:
+    if dim < spec.a + spec.b:
+        return 0
+    half = math.comb(dim, spec.a) * math.comb(dim - spec.a, spec.b)
+    return 2 * half if spec.symmetric else half
+
+
+def count_vectors(kind: str, dim: int) -> int:
+    """Exact number of vectors of ``kind`` in ``dim`` dimensions (Python int, any size).
+
+    Example:
+        >>> count_vectors("v21", 14)
+        1092
+    """
+    return _count(parse_kind(kind), _check_int("dim", dim, minimum=1))
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _n_min(spec: KindSpec, n_classes: int) -> int:
+    lo = spec.a + spec.b  # smallest dim with at least one vector
+    if _count(spec, lo) >= n_classes:
+        return lo
+    hi = lo
+    while _count(spec, hi) < n_classes:
+        hi *= 2
+    # invariant: count(lo) < n_classes <= count(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _count(spec, mid) >= n_classes:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def n_min(kind: str, n_classes: int) -> int:
+    """Smallest dimension whose system of ``kind`` holds ``n_classes`` vectors (exact integers).
+
+    Raises:
+        ConfigError: unknown kind or ``n_classes < 1``.
+
+    Example:
+        >>> n_min("v21", 1000), n_min("v21", 600_000), n_min("v11", 1000)
+        (14, 108, 33)
+    """
+    spec = parse_kind(kind)
+    return _n_min(spec, _check_int("n_classes", n_classes, minimum=1))
+
+
+def _max_dot(dim: int, first: tuple[int, int], second: tuple[int, int], same: bool) -> int | None:
+    """Largest dot product between v in V^{first} and w in V^{second} (distinct when ``same``).
+
+    Enumerates the overlap counts (v+w+, v+w-, v-w+, v-w-); the remaining non-zeros of each
+    vector must fit on the other's zeros. None when no such pair exists.
+    """
+    a, b = first
+    a2, b2 = second
+    best = None
+    for pp in range(min(a, a2) + 1):
+        for pm in range(min(a - pp, b2) + 1):
+            for mp in range(min(b, a2 - pp) + 1):
+                for mm in range(min(b - mp, b2 - pm) + 1):
+                    free = (dim - a - b) - (a2 - pp - mp) - (b2 - pm - mm)
+                    if free < 0 or (same and pp == a and mm == b):
+                        continue
+                    dot = pp + mm - pm - mp
+                    best = dot if best is None else max(best, dot)
+    return best
+
+
+def _mcs(spec: KindSpec, dim: int) -> float:
+    dots = [_max_dot(dim, (spec.a, spec.b), (spec.a, spec.b), same=True)]
+    if spec.symmetric:
+        dots.append(_max_dot(dim, (spec.a, spec.b), (spec.b, spec.a), same=False))
+    found = [d for d in dots if d is not None]
+    return max(found) / (spec.a + spec.b) if found else float("nan")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Result of decoding embeddings to classes.
+
+    Attributes:
+        ids: (B, k) int64 class ids, best first.
+        scores: (B, k) float32 cosine between each embedding and the class target, descending.
+        novel: (B,) bool, True where the nearest vector of the whole system belongs to no class.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    novel: np.ndarray
+
+
+class VectorSystem:
+    """A vector system sized for ``n_classes``, with its class codec and decoder.
+
+    Build with :meth:`create`; instances are immutable and compare by their four defining values.
+    The same (kind, dim, n_classes, seed) gives the same targets in every version of lscindex.
+
+    Example:
+        >>> system = VectorSystem.create("v21", 1000)
+        >>> system.dim, system.n_vectors
+        (14, 1092)
+        >>> t = system.targets([0, 1, 999])             # (3, 14) float32, unit norm
+        >>> system.decode(t, k=1).ids[:, 0].tolist()
+        [0, 1, 999]
+    """
+
+    def __init__(self, spec: KindSpec, dim: int, n_classes: int, seed: int) -> None:
+        self._spec = spec
+        self._dim = dim
+        self._n_classes = n_classes
+        self._seed = seed
+        self._half = math.comb(dim, spec.a) * math.comb(dim - spec.a, spec.b)
+        self._n_vectors = 2 * self._half if spec.symmetric else self._half
+        self._minus_count = math.comb(dim - spec.a, spec.b)
+        self._perm = FeistelPermutation(self._n_vectors, seed)
+        self._table = binomial_table(dim, max(spec.a, spec.b))
+        self._norm = math.sqrt(spec.a + spec.b)
+        self._index_cache: dict[tuple[str, int], TargetIndex] = {}
+        self._index_lock = threading.Lock()
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, kind: str, n_classes: int, *, dim: int | None = None, seed: int = 0
+    ) -> VectorSystem:
+        """Size a system of ``kind`` for ``n_classes`` classes.
+
+        Args:
+            kind: see the module table (``"v21"``, ``"an"``, ``"v21s"``, ...).
+            n_classes: number of classes, >= 1.
+            dim: latent dimension; None means :func:`n_min`.
+            seed: selects which vectors the classes own and in which order.
+
+        Raises:
+            ConfigError: unknown kind, n_classes < 1, bad seed, a system too large to index.
+            CapacityError: ``dim`` holds fewer vectors than ``n_classes`` (message gives n_min).
+        """
+        spec = parse_kind(kind)
+        n_classes = _check_int("n_classes", n_classes, minimum=1)
+        seed = _check_int("seed", seed, minimum=0)
+        smallest = _n_min(spec, n_classes)
+        if dim is None:
+            dim = smallest
+        dim = _check_int("dim", dim, minimum=1)
+        count = _count(spec, dim)
+        if count < n_classes:
+            raise CapacityError(
+                f"{spec.name} at dim {dim} holds {count:,} vectors, fewer than "
+                f"n_classes={n_classes:,}; use dim >= {smallest} (n_min) or leave dim unset"
+            )
+        if count > MAX_INDEX:
+            raise ConfigError(
+                f"{spec.name} at dim {dim} has {count:.3g} vectors, more than the 2**62 the codec "
+                f"indexes; use a smaller dim (n_min is {smallest}) or a kind with fewer non-zeros"
+            )
+        return cls(spec, dim, n_classes, seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; :meth:`from_dict` rebuilds an equal system."""
+        return {
+            "kind": self.kind,
+            "dim": self.dim,
+            "n_classes": self.n_classes,
+            "seed": self.seed,
+            "codec": CODEC_VERSION,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VectorSystem:
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"vector system spec must be a mapping, got {type(data).__name__}")
+        known = {"kind", "dim", "n_classes", "seed", "codec"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown vector system key(s) {', '.join(map(repr, unknown))}; "
+                f"expected {sorted(known)}"
+            )
+        missing = sorted({"kind", "n_classes"} - set(data))
+        if missing:
+            raise ConfigError(f"vector system spec lacks {', '.join(map(repr, missing))}")
+        codec = data.get("codec", CODEC_VERSION)
+        if codec != CODEC_VERSION:
+            raise ConfigError(
+                f"vector system uses codec version {codec!r} but this lscindex reads version "
+                f"{CODEC_VERSION}; upgrade lscindex"
+            )
+        return cls.create(
+            data["kind"], data["n_classes"], dim=data.get("dim"), seed=data.get("seed", 0)
+        )
+
+    # -- attributes -----------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """Canonical kind name (``"an"`` reads back as ``"v11"``)."""
+        return self._spec.name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def n_classes(self) -> int:
+        return self._n_classes
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def n_vectors(self) -> int:
+        """Exact number of vectors in the system (>= n_classes)."""
+        return self._n_vectors
+
+    @property
+    def mcs(self) -> float:
+        """Cosine of the closest pair of distinct vectors (nan for a single-vector system)."""
+        return _mcs(self._spec, self._dim)
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the targets; stored in every artefact built from them."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VectorSystem) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.dim, self.n_classes, self.seed))
+
+    def __repr__(self) -> str:
+        return (
+            f"VectorSystem(kind={self.kind!r}, dim={self.dim}, n_classes={self.n_classes}, "
+            f"seed={self.seed})"
+        )
+
+    # -- codec ------------------------------------------------------------------------------------
+    def _check_class_ids(self, class_ids: Any) -> np.ndarray:
+        ids = _to_numpy(class_ids)
+        if ids.dtype.kind not in "iu":
+            if ids.size == 0:
+                ids = ids.astype(np.int64)
+            else:
+                raise InputError(
+                    f"class ids must be integers, got dtype {ids.dtype}; cast with .astype(int)"
+                )
+        ids = ids.astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self._n_classes):
+            bad = int(ids.min() if ids.min() < 0 else ids.max())
+            raise InputError(
+                f"class id {bad} is out of range for {self.kind} with n_classes={self._n_classes}; "
+                f"ids must be in [0, {self._n_classes})"
+            )
+        return ids
+
+    def vector_ids(self, class_ids: Any) -> np.ndarray:
+        """Index in ``[0, n_vectors)`` of the vector each class owns (int64, same shape)."""
+        return self._perm.forward(self._check_class_ids(class_ids))
+
+    def class_ids(self, vector_ids: Any) -> np.ndarray:
+        """Class owning each vector index, -1 where no class does (int64, same shape)."""
+        vids = _to_numpy(vector_ids).astype(np.int64)
+        if vids.size and (vids.min() < 0 or vids.max() >= self._n_vectors):
+            raise InputError(
+                f"vector index out of range [0, {self._n_vectors}) for {self.kind} at dim "
+                f"{self.dim}: got {int(vids.min() if vids.min() < 0 else vids.max())}"
+            )
+        cls = self._perm.inverse(vids)
+        return np.where(cls < self._n_classes, cls, -1)
+
+    def vectors(self, vector_ids: Any) -> np.ndarray:
+        """The system's vectors by index: (len, dim) int8 with entries in {-1, 0, 1}."""
+        vids = _to_numpy(vector_ids).astype(np.int64).reshape(-1)
+        negate = vids >= self._half
+        base = vids - self._half * negate
+        plus = unrank_combinations(base // self._minus_count, self._spec.a, self._table)
+        minus = expand_complement(
+            unrank_combinations(base % self._minus_count, self._spec.b, self._table), plus
+        )
+        out = np.zeros((len(vids), self._dim), dtype=np.int8)
+        rows = np.arange(len(vids))[:, None]
+        out[rows, plus] = 1
+        out[rows, minus] = -1
+        out[negate] *= -1
+        return out
+
+    def targets(self, class_ids: Any) -> np.ndarray:
+        """Unit-norm targets of the given classes.
+
+        Args:
+            class_ids: (N,) integers in ``[0, n_classes)`` (numpy, list or torch).
+
+        Returns:
+            (N, dim) float32, L2-normalised. Nothing of size n_classes is built.
+
+        Raises:
+            InputError: non-integer ids or ids out of range.
+        """
+        ids = self._check_class_ids(class_ids).reshape(-1)
+        return self.vectors(self._perm.forward(ids)).astype(np.float32) / np.float32(self._norm)
+
+    def _rank(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
+        """Vector index of V^{ab} (first half) from ascending plus/minus positions."""
+        plus_rank = rank_combinations(plus, self._table)
+        minus_rank = rank_combinations(compress_complement(minus, plus), self._table)
+        return plus_rank * self._minus_count + minus_rank
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def _check_embeddings(self, embeddings: Any) -> np.ndarray:
+        e = _to_numpy(embeddings)
+        if e.dtype.kind not in "fiu":
+            raise InputError(f"embeddings must be a float array, got dtype {e.dtype}")
+        if e.ndim != 2:
+            hint = "; use x[None] for a single embedding" if e.ndim == 1 else ""
+            raise InputError(f"embeddings must be 2-D (batch, dim), got shape {e.shape}{hint}")
+        if e.shape[1] != self._dim:
+            raise InputError(
+                f"embeddings have dim {e.shape[1]} but {self.kind} for {self._n_classes:,} classes "
+                f"has dim {self._dim}; decode with the system the model was trained on"
+            )
+        e = np.ascontiguousarray(e, dtype=np.float32)
+        if not np.isfinite(e).all():
+            row = int(np.flatnonzero(~np.isfinite(e).all(axis=1))[0])
+            raise InputError(
+                f"embeddings row {row} contains NaN or inf; check the model output (e.g. AMP "
+                f"overflow) before decoding"
+            )
+        return e
+
+    def _check_k(self, k: Any, *, limit: int | None = None, what: str = "n_classes") -> int:
+        limit = self._n_classes if limit is None else limit
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= limit:
+            raise InputError(f"k must be an integer in [1, {what}={limit:,}], got {k!r}")
+        return int(k)
+
+    def _initial_candidates(self, k: int) -> int:
+        # Expected enumeration length to meet k owned vectors; rows that fall short go round
+        # again with _GROWTH times more, so no safety margin is added here.
+        assigned = self._n_classes / self._n_vectors
+        return min(math.ceil(k / assigned), self._half)
+
+    def analytic_is_fast(self, k: int = 1) -> bool:
+        """Whether :meth:`decode` takes the analytic path for top-``k`` (else the FAISS one).
+
+        The enumeration is O(dim) per query near n_min; far above n_min few vectors belong to
+        classes and enumerating past the unowned ones costs more than a FAISS search.
+        """
+        candidates = self._initial_candidates(k)
+        cost = _decode.pattern_cost(self._dim, self._spec.a, self._spec.b, candidates)
+        return candidates <= 256 and cost <= _decode.MAX_PATTERNS
+
+    def _nearest(self, e: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``count`` vectors of the whole system: (B, count) vector ids and float64 dots."""
+        a, b = self._spec.a, self._spec.b
+        rows = np.arange(len(e))[:, None, None]
+
+        def half(x: np.ndarray, sign: float, offset: int) -> tuple[np.ndarray, np.ndarray]:
+            if count == 1:
+                plus, minus = _decode.top_1(x, a, b)
+                plus, minus = plus[:, None], minus[:, None]
+            else:
+                plus, minus = _decode.top_k(x, a, b, min(count, self._half))
+            # Exact sums in float64, so equal vectors score equal whatever path found them.
+            dots = e[rows, plus].astype(np.float64).sum(-1) - e[rows, minus].astype(np.float64).sum(
+                -1
+            )
+            return self._rank(plus, minus) + offset, sign * dots
+
+        vids, dots = half(e, 1.0, 0)
+        if not self._spec.symmetric:
+            return vids, dots
+        vids2, dots2 = half(-e, -1.0, self._half)
+        vids = np.concatenate([vids, vids2], axis=1)
+        dots = np.concatenate([dots, dots2], axis=1)
+        order = np.argsort(-dots, axis=1, kind="stable")[:, :count]
+        return np.take_along_axis(vids, order, axis=1), np.take_along_axis(dots, order, axis=1)
+
+    def nearest_vectors(self, embeddings: Any, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest vectors of the whole system, owned by a class or not.
+
+        Returns:
+            vector ids (B, k) int64 and cosines (B, k) float32, descending.
+        """
+        e = self._check_embeddings(embeddings)
+        k = self._check_k(k, limit=min(self._half, _MAX_CANDIDATES), what="max")
+        vids, dots = self._nearest(e, k)
+        return vids, self._cosine(_norms(e), dots)
+
+    def _cosine(self, norms: np.ndarray, dots: np.ndarray) -> np.ndarray:
+        """(B, k) float32 cosines from float64 dots with the unnormalised vectors."""
+        scale = self._norm * np.maximum(norms, np.finfo(np.float32).tiny)
+        return (dots / scale[:, None]).astype(np.float32)
+
+    def decode(
+        self,
+        embeddings: Any,
+        k: int = 1,
+        *,
+        method: Literal["auto", "analytic", "index"] = "auto",
+        threads: int | None = None,
+    ) -> Decoded:
+        """Nearest class targets of each embedding: exact top-k among the classes' targets.
+
+        Args:
+            embeddings: (B, dim) numpy array or torch tensor (CPU or CUDA), any float dtype,
+                not necessarily normalised.
+            k: number of classes per row, ``1 <= k <= n_classes``.
+            method: ``"analytic"`` enumerates the system's vectors in score order (O(dim) per
+                query near n_min, nothing of size n_classes); ``"index"`` searches a FAISS flat
+                index over the materialised targets; ``"auto"`` picks analytic when
+                :meth:`analytic_is_fast`.
+            threads: worker threads for the analytic path on large batches (numpy releases the
+                GIL); None uses ``OMP_NUM_THREADS`` if set, else the CPUs available.
+
+        Returns:
+            :class:`Decoded` with ids (B, k) int64, scores (B, k) float32 cosines, novel (B,).
+
+        Raises:
+            InputError: embeddings not 2-D, wrong dim, NaN/inf; k out of range.
+
+        Example:
+            >>> s = VectorSystem.create("v21", 1000)
+            >>> out = s.decode(s.targets([7]) + 0.01, k=5)
+            >>> int(out.ids[0, 0]), out.scores.shape
+            (7, (1, 5))
+        """
+        e = self._check_embeddings(embeddings)
+        k = self._check_k(k)
+        if method not in ("auto", "analytic", "index"):
+            raise InputError(f"method must be 'auto', 'analytic' or 'index', got {method!r}")
+        if method == "index" or (method == "auto" and not self.analytic_is_fast(k)):
+            return self.target_index().search(e, k)
+        workers = _default_threads() if threads is None else threads
+        workers = _check_int("threads", workers, minimum=1)
+        chunks = min(workers, len(e) // _MIN_ROWS_PER_THREAD)
+        if chunks < 2:
+            return self._decode_analytic(e, k)
+        pieces = np.array_split(e, chunks)
+        parts = list(_pool(chunks).map(lambda x: self._decode_analytic(x, k), pieces))
+        return Decoded(
+            ids=np.concatenate([p.ids for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            novel=np.concatenate([p.novel for p in parts]),
+        )
+
+    def _decode_analytic(self, e: np.ndarray, k: int) -> Decoded:
+        batch = len(e)
+        norms = _norms(e)
+        ids = np.empty((batch, k), dtype=np.int64)
+        scores = np.empty((batch, k), dtype=np.float32)
+        novel = np.zeros(batch, dtype=bool)
+        candidates = self._initial_candidates(k)
+        pending = np.arange(batch)
+        if k == 1:
+            # Fast path: one nearest vector per row; only rows landing on an unowned vector
+            # go on to enumerate further.
+            vids, dots = self._nearest(e, 1)
+            cls = self._perm.inverse(vids[:, 0])
+            owned = cls < self._n_classes
+            ids[:, 0] = cls
+            scores[:] = self._cosine(norms, dots)
+            novel = ~owned
+            pending = np.flatnonzero(~owned)
+        first = k > 1
+        while pending.size:
+            cost = _decode.pattern_cost(self._dim, self._spec.a, self._spec.b, candidates)
+            if candidates > _MAX_CANDIDATES or cost > 16 * _decode.MAX_PATTERNS:
+                # Rows sitting among very many unowned vectors: finish them exactly with FAISS.
+                found = self.target_index().search(e[pending], k)
+                ids[pending], scores[pending] = found.ids, found.scores
+                if first:
+                    novel[pending] = found.novel
+                break
+            count = min(candidates, self._half)
+            vids, dots = self._nearest(e[pending], count)
+            cls = self._perm.inverse(vids)
+            owned = cls < self._n_classes
+            if first:
+                novel[pending] = ~owned[:, 0]
+                first = False
+            rank = np.cumsum(owned, axis=1)
+            # Every vector enumerated means every owned one was seen, and k <= n_classes.
+            done = (rank[:, -1] >= k) | (count == self._half)
+            take = (owned & (rank <= k))[done]
+            ids[pending[done]] = cls[done][take].reshape(-1, k)
+            scores[pending[done]] = self._cosine(
+                norms[pending[done]], dots[done][take].reshape(-1, k)
+            )
+            pending = pending[~done]
+            candidates *= _GROWTH
+        return Decoded(ids=ids, scores=scores, novel=novel)
+
+    def is_novel(self, embeddings: Any) -> np.ndarray:
+        """(B,) bool: the nearest vector of the whole system belongs to no class."""
+        e = self._check_embeddings(embeddings)
+        vids, _ = self._nearest(e, 1)
+        return self._perm.inverse(vids[:, 0]) >= self._n_classes
+
+    def target_index(self, *, index_type: str = "flat", hnsw_m: int = 32) -> TargetIndex:
+        """A cached :class:`TargetIndex` over this system's targets (built on first use)."""
+        key = (index_type, hnsw_m)
+        with self._index_lock:
+            if key not in self._index_cache:
+                self._index_cache[key] = TargetIndex(self, index_type=index_type, hnsw_m=hnsw_m)
+            return self._index_cache[key]
+
+
+class TargetIndex:
+    """FAISS index over the materialised targets of a system's classes (row i is class i).
+
+    ``index_type="flat"`` (``IndexFlatIP``) is exact and gives the same top-k as
+    :meth:`VectorSystem.decode` (ties aside); ``"hnsw"`` (``IndexHNSWFlat``, inner product) is
+    approximate. It holds an (n_classes, dim) float32 matrix: the path for dims far above n_min.
+
+    Example:
+        >>> system = VectorSystem.create("v21", 1000, dim=40)
+        >>> index = TargetIndex(system)
+        >>> index.search(system.targets([3]), k=2).ids[0, 0]
+        np.int64(3)
+    """
+
+    def __init__(
+        self,
+        system: VectorSystem,
+        *,
+        index_type: str = "flat",
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        chunk_size: int = 65536,
+    ) -> None:
+        import faiss
+
+        self.system = system
+        self.index_type = index_type
+        if index_type == "flat":
+            self.index: faiss.Index = faiss.IndexFlatIP(system.dim)
+        elif index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(system.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = ef_search
+            self.index = index
+        else:
+            raise ConfigError(f"index_type must be 'flat' or 'hnsw', got {index_type!r}")
+        for start in range(0, system.n_classes, chunk_size):
+            stop = min(start + chunk_size, system.n_classes)
+            self.index.add(system.targets(np.arange(start, stop)))
+
+    def search(self, embeddings: Any, k: int = 1) -> Decoded:
+        """Same contract as :meth:`VectorSystem.decode`, answered by FAISS."""
+        system = self.system
+        e = system._check_embeddings(embeddings)
+        k = system._check_k(k)
+        norms = np.linalg.norm(e, axis=1, keepdims=True)
+        query = np.ascontiguousarray(e / np.maximum(norms, np.finfo(np.float32).tiny))
+        if self.index_type == "hnsw":
+            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, k)  # type: ignore[attr-defined]
+        scores, ids = self.index.search(query, k)
+        return Decoded(
+            ids=ids.astype(np.int64),
+            scores=scores.astype(np.float32),
+            novel=system.is_novel(e),
+        )
+
+
+def _norms(e: np.ndarray) -> np.ndarray:
+    """(B,) float64 L2 norms of the rows of a (B, n) float32 array."""
+    return np.sqrt(np.einsum("ij,ij->i", e, e)).astype(np.float64)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    """numpy view/copy of an array-like; torch tensors (any device, any dtype) go to CPU."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+            if x.is_floating_point():
+                x = x.to(dtype=torch.float32)
+            return np.asarray(x.cpu().numpy())
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, Sequence | int | float | np.generic):
+        return np.asarray(x)
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # pragma: no cover - depends on exotic inputs
+        raise InputError(f"expected an array, got {type(x).__name__}") from exc
