@@ -6,11 +6,15 @@ The public API is what this module exports; everything else may change between v
 from lscindex.errors import CapacityError, ConfigError, InputError, LscIndexError
 from lscindex.systems import (
     Decoded,
+    HeadSize,
+    SystemSize,
     TargetIndex,
     VectorSystem,
     count_vectors,
     n_min,
     parse_kind,
+    size_systems,
+    softmax_head_size,
 )
 
 __version__ = "0.1.0"
@@ -19,12 +23,16 @@ __all__ = [
     "CapacityError",
     "ConfigError",
     "Decoded",
+    "HeadSize",
     "InputError",
     "LscIndexError",
+    "SystemSize",
     "TargetIndex",
     "VectorSystem",
     "__version__",
     "count_vectors",
     "n_min",
     "parse_kind",
+    "size_systems",
+    "softmax_head_size",
 ]
