@@ -22,3 +22,11 @@ class CapacityError(ConfigError):
 
 class InputError(LscIndexError, ValueError):
     """An array argument has the wrong shape, dtype, values or range."""
+
+
+class DataError(LscIndexError, ValueError):
+    """A data source is missing, empty or malformed."""
+
+
+class RunError(LscIndexError, ValueError):
+    """A run directory is missing, belongs to another run, or does not match the request."""

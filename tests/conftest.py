@@ -21,3 +21,38 @@ def assert_topk_exact(
     np.testing.assert_allclose(scores, best, atol=tol)
     assert all(len(set(row)) == k for row in ids.tolist())
     assert (np.diff(scores, axis=1) <= tol).all()
+
+
+def make_image_folder(
+    root, *, n_classes: int = 6, per_class: int = 8, size: int = 32, val: int = 2
+):  # type: ignore[no-untyped-def]
+    """A learnable ImageFolder (train/, val/): class c is a bright block at spot c on noise."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    grid = int(np.ceil(np.sqrt(n_classes)))
+    cell = size // grid
+    for split, count in (("train", per_class), ("val", val)):
+        for c in range(n_classes):
+            folder = root / split / f"class_{c:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = (rng.random((size, size)) * 60).astype(np.uint8)
+                y, x = divmod(c, grid)
+                img[y * cell : (y + 1) * cell, x * cell : (x + 1) * cell] = 230
+                mode = "L" if i % 2 else "RGB"
+                pic = Image.fromarray(img)
+                (pic if mode == "L" else pic.convert("RGB")).save(folder / f"{i:03d}.png")
+    return root
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """6 classes x 16 train / 2 val images, 32 px."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "blocks", n_classes=6, per_class=16)

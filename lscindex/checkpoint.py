@@ -1,0 +1,302 @@
+"""Run directories: atomic writes, safetensors weights and a resumable training state.
+
+Layout of a run directory::
+
+    config.json          model + training config, data summary, timm data config (format_version)
+    classes.json         class names in label order
+    model.safetensors    latest weights (what embed/query load)
+    metrics.jsonl        one JSON object per finished epoch
+    curves.png           loss / accuracy curves
+    checkpoints/latest.json            -> name of the newest complete checkpoint
+    checkpoints/step-000001234/        model.safetensors, optimizer.safetensors, state.json
+
+Nothing is pickled: tensors go to safetensors, everything else to JSON. A checkpoint directory is
+written under a temporary name, fsynced and renamed, then ``latest.json`` is atomically replaced;
+a crash at any point leaves the previous checkpoint intact and pointed to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lscindex.errors import RunError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TrainingState",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_run_config",
+    "load_training_state",
+    "load_weights",
+    "run_fingerprint",
+    "save_training_state",
+    "save_weights",
+]
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+CLASSES = "classes.json"
+WEIGHTS = "model.safetensors"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+CHECKPOINTS = "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Atomically save tensors (moved to CPU, made contiguous) as a safetensors file."""
+    from safetensors.torch import save
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(clean, metadata=dict(metadata or {})))
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file onto the CPU (no unpickling)."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise RunError(f"weights file {path} does not exist; train a run first")
+    return dict(load_file(str(path), device="cpu"))
+
+
+def run_fingerprint(run_dir: str | os.PathLike[str]) -> str:
+    """16 hex digits of sha256 over the run's config and weights: pairs stores with their run."""
+    run_dir = Path(run_dir)
+    digest = hashlib.sha256()
+    for name in (CONFIG, WEIGHTS):
+        with open(run_dir / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed config.json of a run, checked for a known format version."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not an lscindex run (no {CONFIG}); train one with lscindex train"
+        )
+    config: dict[str, Any] = json.loads(path.read_text())
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunError(
+            f"run {run_dir} has format_version {version!r}, this lscindex reads {FORMAT_VERSION}; "
+            f"upgrade lscindex or retrain"
+        )
+    return config
+
+
+# -- optimizer state without pickle ----------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    per_param: dict[str, dict[str, Any]] = {}
+    for pid, entries in state["state"].items():
+        slot: dict[str, Any] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                name = f"{pid}.{key}"
+                tensors[name] = value
+                slot[key] = {"tensor": name}
+            else:
+                slot[key] = {"value": _jsonable(value)}
+        per_param[str(pid)] = slot
+    return tensors, {"state": per_param, "param_groups": _jsonable(state["param_groups"])}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, slot in meta["state"].items():
+        state[int(pid)] = {
+            key: tensors[entry["tensor"]] if "tensor" in entry else entry["value"]
+            for key, entry in slot.items()
+        }
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands: the counters to resume from plus model/optimizer tensors."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def capture_rng() -> dict[str, Any]:
+    """Global RNG states (torch CPU/CUDA, python, numpy) as JSON + tensors."""
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": _jsonable(random.getstate()),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_rng = rng["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_rng["keys"].numpy().astype(np.uint32),
+            np_rng["pos"],
+            np_rng["has_gauss"],
+            np_rng["cached_gaussian"],
+        )
+    )
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -> Path:
+    """Write a complete checkpoint, point ``latest.json`` at it and drop older ones.
+
+    Also refreshes the run's top-level ``model.safetensors``.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state.global_step:09d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        opt_tensors, opt_meta = _split_optimizer(state.optimizer)
+        rng_tensors = {"rng.torch": state.rng["torch"], "rng.numpy": state.rng["numpy"]["keys"]}
+        for i, t in enumerate(state.rng.get("cuda", [])):
+            rng_tensors[f"rng.cuda.{i}"] = t
+        save_weights(tmp / WEIGHTS, state.model)
+        save_weights(tmp / "optimizer.safetensors", {**opt_tensors, **rng_tensors})
+        atomic_write_json(
+            tmp / "state.json",
+            {
+                "epoch": state.epoch,
+                "step_in_epoch": state.step_in_epoch,
+                "global_step": state.global_step,
+                "optimizer": opt_meta,
+                "rng": {
+                    "python": state.rng["python"],
+                    "numpy": {k: v for k, v in state.rng["numpy"].items() if k != "keys"},
+                    "cuda_devices": len(state.rng.get("cuda", [])),
+                },
+                "extra": _jsonable(state.extra),
+            },
+        )
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_json(root / "latest.json", {"checkpoint": name})
+    save_weights(
+        run_dir / WEIGHTS,
+        state.model,
+        {"epoch": str(state.epoch), "global_step": str(state.global_step)},
+    )
+    for old in root.iterdir():
+        if old.is_dir() and old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_training_state(run_dir: str | os.PathLike[str]) -> TrainingState | None:
+    """The newest complete checkpoint of a run, or None when it has none."""
+    root = Path(run_dir) / CHECKPOINTS
+    pointer = root / "latest.json"
+    if not pointer.is_file():
+        return None
+    folder = root / json.loads(pointer.read_text())["checkpoint"]
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_weights(folder / "optimizer.safetensors")
+    rng = {
+        "torch": tensors.pop("rng.torch"),
+        "python": meta["rng"]["python"],
+        "numpy": {"keys": tensors.pop("rng.numpy"), **meta["rng"]["numpy"]},
+    }
+    if meta["rng"]["cuda_devices"]:
+        rng["cuda"] = [tensors.pop(f"rng.cuda.{i}") for i in range(meta["rng"]["cuda_devices"])]
+    return TrainingState(
+        epoch=meta["epoch"],
+        step_in_epoch=meta["step_in_epoch"],
+        global_step=meta["global_step"],
+        model=load_weights(folder / WEIGHTS),
+        optimizer=_join_optimizer(tensors, meta["optimizer"]),
+        rng=rng,
+        extra=meta["extra"],
+    )

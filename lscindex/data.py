@@ -1,0 +1,272 @@
+"""Image datasets for training and embedding: ImageFolder layouts and manifests.
+
+Two sources are understood:
+
+* a folder: either ``ROOT/train/<class>/...`` (+ optional ``ROOT/val/<class>/...``) or directly
+  ``ROOT/<class>/...`` (one sub-folder per class, images anywhere below it);
+* a manifest file, ``.parquet`` or ``.csv``, with columns ``path, label[, split]`` (paths relative
+  to the manifest's folder unless absolute; labels integers or class names; split ``train``/``val``)
+  for class counts where millions of folders would be unwieldy.
+
+Unreadable images never stop a run: :class:`ImageDataset` returns ``None`` for them and
+:func:`collate_skipping` drops them and counts how many it dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lscindex.errors import ConfigError, DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DatasetSplits",
+    "ImageDataset",
+    "collate_skipping",
+    "list_images",
+    "load_dataset",
+    "load_image",
+]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Labelled samples of a data source.
+
+    Attributes:
+        train, val: lists of ``(path, label)``; labels index ``class_names``.
+        class_names: names in label order.
+        source: the folder or manifest they came from.
+    """
+
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    class_names: list[str]
+    source: str
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (recursive, sorted, hidden entries skipped)."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            Path(root) / f
+            for f in sorted(files)
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+        )
+    return found
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_folder(
+    folder: Path, classes: list[str] | None
+) -> tuple[list[tuple[str, int]], list[str]]:
+    dirs = _class_dirs(folder)
+    names = classes if classes is not None else [d.name for d in dirs]
+    index = {name: i for i, name in enumerate(names)}
+    samples: list[tuple[str, int]] = []
+    for d in dirs:
+        if d.name not in index:
+            raise DataError(
+                f"{d} is a class folder that {folder.parent / 'train'} does not have; every "
+                f"validation class needs training images"
+            )
+        samples.extend((str(p), index[d.name]) for p in list_images(d))
+    return samples, names
+
+
+def _split_fraction(
+    samples: list[tuple[str, int]], fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return samples, []
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_val = round(fraction * len(samples))
+    val_idx = set(order[:n_val])
+    train = [s for i, s in enumerate(samples) if i not in val_idx]
+    val = [s for i, s in enumerate(samples) if i in val_idx]
+    return train, val
+
+
+def _read_manifest(path: Path) -> Any:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path)
+        return pacsv.read_csv(path)
+    except Exception as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from exc
+
+
+def _from_manifest(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
+    table = _read_manifest(path)
+    missing = {"path", "label"} - set(table.column_names)
+    if missing:
+        raise DataError(
+            f"manifest {path} lacks column(s) {sorted(missing)}; it needs path,label[,split] "
+            f"(has {table.column_names})"
+        )
+    paths = [str(p) for p in table.column("path").to_pylist()]
+    raw_labels = table.column("label").to_pylist()
+    base = path.parent
+    paths = [p if os.path.isabs(p) else str(base / p) for p in paths]
+    if all(isinstance(v, int) for v in raw_labels):
+        labels = [int(v) for v in raw_labels]
+        if min(labels) < 0:
+            raise DataError(f"manifest {path} has a negative label {min(labels)}")
+        n = max(labels) + 1
+        if "class_name" in table.column_names:
+            names = ["" for _ in range(n)]
+            for lab, name in zip(labels, table.column("class_name").to_pylist(), strict=True):
+                names[lab] = str(name)
+            names = [name or str(i) for i, name in enumerate(names)]
+        else:
+            names = [str(i) for i in range(n)]
+    else:
+        names = sorted({str(v) for v in raw_labels})
+        index = {name: i for i, name in enumerate(names)}
+        labels = [index[str(v)] for v in raw_labels]
+    samples = list(zip(paths, labels, strict=True))
+    if "split" in table.column_names:
+        splits = [str(s).lower() for s in table.column("split").to_pylist()]
+        train = [s for s, sp in zip(samples, splits, strict=True) if sp == "train"]
+        val = [s for s, sp in zip(samples, splits, strict=True) if sp in ("val", "valid", "test")]
+    else:
+        train, val = _split_fraction(samples, val_fraction, seed)
+    return DatasetSplits(train, val, names, str(path))
+
+
+def load_dataset(
+    source: str | os.PathLike[str], *, val_fraction: float = 0.0, seed: int = 0
+) -> DatasetSplits:
+    """Read the samples of a folder or manifest (see the module docstring for layouts).
+
+    Args:
+        source: folder or ``.parquet``/``.csv`` manifest.
+        val_fraction: share of samples held out for validation when the source has no
+            ``val`` split of its own (seeded, per sample).
+        seed: seed of that split.
+
+    Returns:
+        :class:`DatasetSplits`.
+
+    Raises:
+        DataError: missing path, no images, a single class, malformed manifest.
+
+    Example:
+        >>> splits = load_dataset("data/glyphs")            # doctest: +SKIP
+        >>> splits.n_classes, len(splits.train), len(splits.val)  # doctest: +SKIP
+    """
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"data path {path} does not exist; pass an image folder (one sub-folder per class) "
+            f"or a .parquet/.csv manifest"
+        )
+    if path.is_file():
+        if path.suffix.lower() not in (".parquet", ".csv"):
+            raise DataError(
+                f"{path} is neither a folder nor a .parquet/.csv manifest with path,label columns"
+            )
+        splits = _from_manifest(path, val_fraction, seed)
+    elif (path / "train").is_dir():
+        train, names = _image_folder(path / "train", None)
+        if (path / "val").is_dir():
+            val, _ = _image_folder(path / "val", names)
+        else:
+            train, val = _split_fraction(train, val_fraction, seed)
+        splits = DatasetSplits(train, val, names, str(path))
+    else:
+        samples, names = _image_folder(path, None)
+        train, val = _split_fraction(samples, val_fraction, seed)
+        splits = DatasetSplits(train, val, names, str(path))
+    if not splits.train:
+        raise DataError(
+            f"no training images found in {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            f" files in one sub-folder per class)"
+        )
+    used = {label for _, label in splits.train}
+    if len(used) < 2:
+        raise DataError(
+            f"{path} has a single class ({splits.class_names[next(iter(used))]!r}); training "
+            f"needs at least 2 classes, one sub-folder each"
+        )
+    return splits
+
+
+def load_image(path: str) -> Any:
+    """Open an image as RGB (grayscale and palette images are converted)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+class ImageDataset(Dataset[tuple[Any, int, int] | None]):
+    """Map-style dataset of ``(path, label)`` pairs; unreadable files yield ``None``.
+
+    ``dataset[i]`` is ``(tensor, label, i)`` with the tensor from ``transform`` (C, H, W), or
+    ``None`` when the file cannot be decoded (truncated, not an image, missing).
+    """
+
+    def __init__(
+        self, samples: Sequence[tuple[str, int]], transform: Callable[[Any], Any] | None = None
+    ) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
+        path, label = self.samples[index]
+        try:
+            image = load_image(path)
+        except Exception:
+            return None
+        return (self.transform(image) if self.transform else image), label, index
+
+
+def collate_skipping(batch: list[Any]) -> tuple[Any, Any, Any, int]:
+    """Stack ``(tensor, label, index)`` items, dropping ``None`` ones.
+
+    Returns:
+        images (B, C, H, W), labels (B,) int64, indices (B,) int64, and the number dropped.
+        With every item dropped the tensors are empty.
+    """
+    good = [item for item in batch if item is not None]
+    dropped = len(batch) - len(good)
+    if not good:
+        empty = torch.empty(0, dtype=torch.int64)
+        return torch.empty(0), empty, empty, dropped
+    images = torch.stack([item[0] for item in good])
+    labels = torch.as_tensor(np.array([item[1] for item in good], dtype=np.int64))
+    indices = torch.as_tensor(np.array([item[2] for item in good], dtype=np.int64))
+    return images, labels, indices, dropped

@@ -1,0 +1,154 @@
+"""Encoders: a timm backbone with either a projection onto the vector system or a softmax head.
+
+``head="lsc"``: backbone (``num_classes=0``) -> linear projection to the system's dim -> L2
+normalise. Nothing in the model depends on the number of classes.
+``head="ce"``: the same backbone with an ordinary learned linear head (n_classes logits), the
+cross-entropy baseline.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lscindex.errors import ConfigError
+from lscindex.systems import VectorSystem
+
+__all__ = ["Encoder", "ModelConfig", "create_model"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything needed to rebuild an encoder (saved in a run's config.json).
+
+    Attributes:
+        backbone: timm model name.
+        head: ``"lsc"`` (projection onto fixed targets) or ``"ce"`` (learned softmax head).
+        n_classes: number of classes.
+        system: :meth:`VectorSystem.to_dict` for ``head="lsc"``, else None.
+        img_size: square input side in pixels.
+        in_chans: input channels (images are converted to RGB, so 3).
+    """
+
+    backbone: str
+    head: Literal["lsc", "ce"] = "lsc"
+    n_classes: int
+    system: dict[str, Any] | None = None
+    img_size: int = 32
+    in_chans: int = 3
+
+    def __post_init__(self) -> None:
+        if self.head not in ("lsc", "ce"):
+            raise ConfigError(f"head must be 'lsc' or 'ce', got {self.head!r}")
+        if self.head == "lsc" and self.system is None:
+            raise ConfigError("head='lsc' needs a vector system spec (system=...)")
+        if self.img_size < 8:
+            raise ConfigError(f"img_size must be >= 8 pixels, got {self.img_size}")
+
+    @property
+    def vector_system(self) -> VectorSystem | None:
+        return VectorSystem.from_dict(self.system) if self.system is not None else None
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the model output: the system's dim (lsc) or n_classes (ce)."""
+        system = self.vector_system
+        return system.dim if system is not None else self.n_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    """Build a keyword-only config dataclass, rejecting unknown keys by name."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; expected some of "
+            f"{sorted(names)}"
+        )
+    return cls(**data)
+
+
+def check_backbone(name: str) -> None:
+    """Raise ConfigError naming close matches when timm has no model called ``name``."""
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ConfigError(f"unknown timm model {name!r}{hint}")
+
+
+class Encoder(nn.Module):
+    """timm backbone plus head; ``forward`` gives (B, dim) unit embeddings (lsc) or logits (ce)."""
+
+    def __init__(self, config: ModelConfig, *, pretrained: bool = False) -> None:
+        super().__init__()
+        import timm
+
+        check_backbone(config.backbone)
+        self.config = config
+        try:
+            self.backbone = timm.create_model(
+                config.backbone, pretrained=pretrained, num_classes=0, in_chans=config.in_chans
+            )
+        except Exception as exc:
+            if not pretrained:
+                raise
+            raise ConfigError(
+                f"could not load pretrained weights for {config.backbone!r} ({exc}); "
+                f"train without --pretrained or make the weights available to timm offline"
+            ) from exc
+        features: int = self.backbone.num_features  # type: ignore[assignment]
+        self.head = nn.Linear(features, config.out_dim)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm's preprocessing config (mean, std, interpolation) at the configured image size."""
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=self.backbone)
+        cfg["input_size"] = (self.config.in_chans, self.config.img_size, self.config.img_size)
+        return dict(cfg)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, F) pooled backbone features."""
+        out: torch.Tensor = self.backbone(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.features(x))
+        if self.config.head == "lsc":
+            return F.normalize(out.float(), dim=1)
+        return out
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim) float32 L2-normalised embeddings (lsc: the latent; ce: pooled features)."""
+        if self.config.head == "lsc":
+            return self.forward(x)
+        return F.normalize(self.features(x).float(), dim=1)
+
+
+def create_model(config: ModelConfig, *, pretrained: bool = False) -> Encoder:
+    """Build the encoder of ``config`` (random init unless ``pretrained``).
+
+    Example:
+        >>> system = VectorSystem.create("v21", 100)
+        >>> model = create_model(ModelConfig(backbone="test_resnet", n_classes=100,
+        ...                                  system=system.to_dict(), img_size=32))
+        >>> model(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    return Encoder(config, pretrained=pretrained)
