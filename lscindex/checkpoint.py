@@ -300,3 +300,83 @@ def load_training_state(run_dir: str | os.PathLike[str]) -> TrainingState | None
         rng=rng,
         extra=meta["extra"],
     )
+
+
+@dataclass
+class Run:
+    """A trained run opened for inference (see :func:`open_run`).
+
+    Attributes:
+        path: the run directory.
+        config: parsed config.json.
+        model: the encoder with its weights, in eval mode on ``device``.
+        system: the vector system (None for a ``ce`` run).
+        class_names: names in label order.
+        class_keys: the folder names / manifest labels the classes were read from.
+        transform: timm eval transform (PIL image -> (3, H, W) float tensor).
+        fingerprint: :func:`run_fingerprint` of the run.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    model: Any
+    system: Any
+    class_names: list[str]
+    class_keys: list[str]
+    transform: Any
+    fingerprint: str
+    device: torch.device
+
+
+def find_run(root: str | os.PathLike[str] = "runs") -> Path | None:
+    """The most recently trained run directly under ``root`` (None when there is none)."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    runs = [p for p in root.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file()]
+    return max(runs, key=lambda p: (p / WEIGHTS).stat().st_mtime) if runs else None
+
+
+def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
+    """Load a run's encoder, vector system, class names and eval transform; nothing is re-asked.
+
+    Raises:
+        RunError: not a run, unknown format version, missing weights.
+
+    Example:
+        >>> run = open_run("runs/glyphs")          # doctest: +SKIP
+        >>> run.system.dim, len(run.class_names)   # doctest: +SKIP
+    """
+    from lscindex.model import ModelConfig, create_eval_transform, create_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist; train one with lscindex train")
+    config = load_run_config(run_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_config = ModelConfig.from_dict(config["model"])
+    model = create_model(model_config)
+    weights = load_weights(run_dir / WEIGHTS)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RunError(
+            f"weights of {run_dir} do not fit its config (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); the run is damaged, retrain it"
+        )
+    model.eval().to(device)
+    names = json.loads((run_dir / CLASSES).read_text())
+    keys_path = run_dir / "class_keys.json"
+    keys = json.loads(keys_path.read_text()) if keys_path.is_file() else names
+    transform = create_eval_transform(config["data_config"])
+    return Run(
+        path=run_dir,
+        config=config,
+        model=model,
+        system=model_config.vector_system,
+        class_names=names,
+        class_keys=keys,
+        transform=transform,
+        fingerprint=run_fingerprint(run_dir),
+        device=torch.device(device),
+    )

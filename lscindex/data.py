@@ -48,14 +48,22 @@ class DatasetSplits:
 
     Attributes:
         train, val: lists of ``(path, label)``; labels index ``class_names``.
-        class_names: names in label order.
+        class_names: names in label order (from ``classes.json`` at the folder root when it has
+            one name per class folder, as the glyph builder writes, else the folder names).
         source: the folder or manifest they came from.
+        class_keys: what identifies each class in the source (folder names, manifest labels);
+            defaults to ``class_names``.
     """
 
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
     class_names: list[str]
     source: str
+    class_keys: list[str] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return self.class_keys if self.class_keys is not None else self.class_names
 
     @property
     def n_classes(self) -> int:
@@ -132,6 +140,8 @@ def _from_manifest(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
             f"manifest {path} lacks column(s) {sorted(missing)}; it needs path,label[,split] "
             f"(has {table.column_names})"
         )
+    if table.num_rows == 0:
+        raise DataError(f"no training images found in manifest {path}: it has no rows")
     paths = [str(p) for p in table.column("path").to_pylist()]
     raw_labels = table.column("label").to_pylist()
     base = path.parent
@@ -196,16 +206,16 @@ def load_dataset(
             )
         splits = _from_manifest(path, val_fraction, seed)
     elif (path / "train").is_dir():
-        train, names = _image_folder(path / "train", None)
+        train, keys = _image_folder(path / "train", None)
         if (path / "val").is_dir():
-            val, _ = _image_folder(path / "val", names)
+            val, _ = _image_folder(path / "val", keys)
         else:
             train, val = _split_fraction(train, val_fraction, seed)
-        splits = DatasetSplits(train, val, names, str(path))
+        splits = DatasetSplits(train, val, _display_names(path, keys), str(path), keys)
     else:
-        samples, names = _image_folder(path, None)
+        samples, keys = _image_folder(path, None)
         train, val = _split_fraction(samples, val_fraction, seed)
-        splits = DatasetSplits(train, val, names, str(path))
+        splits = DatasetSplits(train, val, _display_names(path, keys), str(path), keys)
     if not splits.train:
         raise DataError(
             f"no training images found in {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
@@ -218,6 +228,21 @@ def load_dataset(
             f"needs at least 2 classes, one sub-folder each"
         )
     return splits
+
+
+def _display_names(root: Path, keys: list[str]) -> list[str]:
+    """Names from ``root/classes.json`` when it lists one per class folder, else the folders."""
+    import json
+
+    listing = root / "classes.json"
+    if listing.is_file():
+        try:
+            names = json.loads(listing.read_text())
+        except ValueError:
+            return keys
+        if isinstance(names, list) and len(names) == len(keys):
+            return [str(n) for n in names]
+    return keys
 
 
 def load_image(path: str) -> Any:

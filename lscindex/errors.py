@@ -30,3 +30,7 @@ class DataError(LscIndexError, ValueError):
 
 class RunError(LscIndexError, ValueError):
     """A run directory is missing, belongs to another run, or does not match the request."""
+
+
+class StoreError(LscIndexError, ValueError):
+    """An embedding store or index is missing, unfinished, corrupted or from another run."""

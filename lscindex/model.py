@@ -141,6 +141,22 @@ class Encoder(nn.Module):
         return F.normalize(self.features(x).float(), dim=1)
 
 
+def create_eval_transform(data_config: dict[str, Any]) -> Any:
+    """timm's eval transform for a run's data config: resize the whole image, no crop.
+
+    Training validation, ``embed`` and ``query`` all use this one, so their accuracies agree.
+    """
+    import timm.data
+
+    return timm.data.create_transform(
+        input_size=tuple(data_config["input_size"]),
+        interpolation=data_config["interpolation"],
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        crop_pct=1.0,
+    )
+
+
 def create_model(config: ModelConfig, *, pretrained: bool = False) -> Encoder:
     """Build the encoder of ``config`` (random init unless ``pretrained``).
 

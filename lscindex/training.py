@@ -32,7 +32,13 @@ from lscindex import checkpoint as ckpt
 from lscindex.data import DatasetSplits, ImageDataset, collate_skipping, load_dataset
 from lscindex.errors import ConfigError, RunError
 from lscindex.losses import create_loss
-from lscindex.model import Encoder, ModelConfig, check_backbone, create_model
+from lscindex.model import (
+    Encoder,
+    ModelConfig,
+    check_backbone,
+    create_eval_transform,
+    create_model,
+)
 from lscindex.systems import VectorSystem
 
 __all__ = ["EpochMetrics", "TrainCallbacks", "TrainConfig", "TrainResult", "fit"]
@@ -230,8 +236,7 @@ def _transforms(model: Encoder, config: TrainConfig) -> tuple[Any, Any]:
         color_jitter=0.0,
         **common,
     )
-    eval_tf = timm.data.create_transform(is_training=False, crop_pct=1.0, **common)
-    return train_tf, eval_tf
+    return train_tf, create_eval_transform(data_cfg)
 
 
 def _check_out_dir(out: Path, resume: bool) -> dict[str, Any] | None:
@@ -415,6 +420,8 @@ def _fit(
     if rank == 0 and saved is None:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(out / ckpt.CLASSES, splits.class_names)
+        if splits.keys != splits.class_names:
+            ckpt.atomic_write_json(out / "class_keys.json", splits.keys)
         ckpt.atomic_write_json(
             out / ckpt.CONFIG,
             {

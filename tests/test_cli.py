@@ -85,3 +85,43 @@ def test_library_never_imports_the_cli() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_train_then_plot_through_the_cli(
+    image_folder, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    common = ["--model", "test_resnet", "--epochs", "1", "--batch-size", "16", "--workers", "0"]
+    for name, extra in (("lsc", []), ("ce", ["--head", "ce"])):
+        code, out, err = run_cli(
+            ["train", str(image_folder), "--out", str(tmp_path / name), *common, *extra], capsys
+        )
+        assert code == 0, err
+        assert "val top-1" in out and f"run saved in {tmp_path / name}" in out
+    png = tmp_path / "both.png"
+    code, out, _ = run_cli(
+        ["plot", str(tmp_path / "lsc"), str(tmp_path / "ce"), "--out", str(png)], capsys
+    )
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dim", "abc"], "--dim must be 'auto' or a positive integer, got 'abc'"),
+        (["--dim", "2"], "dim 2 holds 0 vectors"),
+        (["--model", "resnet1888"], "unknown timm model 'resnet1888'"),
+    ],
+)
+def test_train_bad_input_is_one_line(
+    args: list[str], message: str, image_folder, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run_cli(
+        ["train", str(image_folder), "--out", str(tmp_path / "r"), *args], capsys
+    )
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_plot_of_a_folder_without_metrics(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run_cli(["plot", str(tmp_path)], capsys)
+    assert code == 1 and "has no metrics.jsonl" in err

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lscindex.errors import LscIndexError
-from lscindex_cli import systems_cmd, train_cmd
+from lscindex_cli import store_cmd, systems_cmd, train_cmd
 from lscindex_cli._common import err_console
 
 app = typer.Typer(
@@ -32,6 +32,9 @@ def _root(
 app.command("systems")(systems_cmd.systems)
 app.command("train")(train_cmd.train)
 app.command("plot")(train_cmd.plot)
+app.command("embed")(store_cmd.embed)
+app.command("index")(store_cmd.index)
+app.command("query")(store_cmd.query)
 
 
 def main(argv: list[str] | None = None) -> None:

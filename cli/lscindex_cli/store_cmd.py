@@ -1,0 +1,149 @@
+"""`lscindex embed`, `lscindex index` and `lscindex query`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lscindex.checkpoint import find_run
+from lscindex.embedding import build_store, find_store
+from lscindex.errors import RunError
+from lscindex.index import build_index
+from lscindex.retrieval import Retriever
+from lscindex_cli._common import console, print_json
+
+
+def embed(
+    data: Annotated[
+        list[Path], typer.Argument(help="Image files, folders (recursive) or manifests.")
+    ],
+    run: Annotated[Path, typer.Option(help="Run directory made by lscindex train.")],
+    out: Annotated[Path, typer.Option(help="Store: a .zarr folder or a .parquet file.")],
+    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
+    workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    chunk_rows: Annotated[int, typer.Option(help="Rows per store chunk (the resume unit).")] = 4096,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a finished or foreign store at --out.")
+    ] = False,
+) -> None:
+    """Embed images with a trained run into a resumable zarr or parquet store."""
+    with Progress(
+        TextColumn("embedding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} img/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("embed", total=None, rate=0.0)
+
+        def progress(done: int, todo: int, rate: float) -> None:
+            bar.update(task, completed=done, total=todo, rate=rate)
+
+        report = build_store(
+            run,
+            [str(d) for d in data],
+            out,
+            dtype=dtype,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            chunk_rows=chunk_rows,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    header = report.header
+    if report.already_complete:
+        console.print(
+            f"{out} is already complete ({header.count:,} rows); left untouched "
+            f"(--overwrite to redo it)"
+        )
+        return
+    console.print(
+        f"embedded {report.computed_rows:,} images into {out} ({header.count:,} rows, "
+        f"dim {header.dim}, {header.dtype}) in {report.seconds:.1f} s"
+        + (f"; {report.errors} unreadable (status=error)" if report.errors else "")
+    )
+
+
+def index(
+    store: Annotated[Path, typer.Argument(help="Store made by lscindex embed.")],
+    factory: Annotated[
+        str, typer.Option(help="FAISS factory: Flat, HNSW32, IVF1024,SQ8, ...")
+    ] = "Flat",
+    out: Annotated[
+        Path | None, typer.Option(help="Index path (default: beside the store).")
+    ] = None,
+) -> None:
+    """Build a FAISS index over a store, with a verified JSON sidecar."""
+    info = build_index(store, factory=factory, out=out)
+    console.print(
+        f"indexed {info.count:,} embeddings ({info.factory}, dim {info.dim}) into {info.path}"
+    )
+
+
+def query(
+    images: Annotated[list[Path], typer.Argument(help="Query images.")],
+    run: Annotated[
+        Path | None, typer.Option(help="Run (default: the newest under ./runs).")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Store (default: the run's newest).")] = None,
+    index_path: Annotated[
+        Path | None, typer.Option("--index", help="Index (default: beside the store).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Classes and neighbours per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Top-k classes of each image and, with a store, its k nearest stored items."""
+    if run is None:
+        run = find_run("runs")
+        if run is None:
+            raise RunError(
+                "no run found under ./runs; pass --run RUN (a directory made by lscindex train)"
+            )
+    if store is None and index_path is None:
+        store = find_store(run)
+    retriever = Retriever.open(run, store=store, index=index_path)
+    classes = retriever.classify([str(i) for i in images], k=k)
+    neighbors = (
+        retriever.search([str(i) for i in images], k=k) if retriever.store else [[] for _ in images]
+    )
+    if as_json:
+        print_json(
+            [
+                {
+                    "image": str(img),
+                    "classes": [dataclasses.asdict(c) for c in cls],
+                    "neighbors": [dataclasses.asdict(n) for n in nb],
+                }
+                for img, cls, nb in zip(images, classes, neighbors, strict=True)
+            ]
+        )
+        return
+    for img, cls, nb in zip(images, classes, neighbors, strict=True):
+        novel = (
+            " [yellow](novel: nearest to a target no class owns)[/yellow]" if cls[0].novel else ""
+        )
+        table = Table(title=f"{img}{novel}", title_justify="left")
+        for col in ("class", "id", "cosine", "margin"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for c in cls:
+            table.add_row(c.name, str(c.id), f"{c.cosine:.4f}", f"{c.margin:.4f}")
+        console.print(table)
+        if nb and retriever.store is not None:
+            near = Table(
+                title=f"nearest stored items ({retriever.store.path})", title_justify="left"
+            )
+            for col in ("path", "label", "cosine"):
+                near.add_column(col, justify="right" if col == "cosine" else "left")
+            for n in nb:
+                near.add_row(n.path, n.label_name or "", f"{n.cosine:.4f}")
+            console.print(near)

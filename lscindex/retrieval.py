@@ -1,0 +1,245 @@
+"""The Python retrieval API: classify and search images with a trained run and its store.
+
+Example:
+    >>> r = Retriever.open("runs/glyphs", store="emb.zarr")           # doctest: +SKIP
+    >>> r.classify(["a.png"], k=5)[0][0].name                          # doctest: +SKIP
+    >>> r.search(["a.png"], k=5)[0][0].path                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lscindex.checkpoint import Run, open_run
+from lscindex.embedding import read_image
+from lscindex.errors import InputError, StoreError
+from lscindex.index import default_index_path, load_index
+from lscindex.store import EmbeddingStore, open_store
+
+__all__ = ["ClassMatch", "Neighbor", "Retriever"]
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """One of the top-k classes of a query.
+
+    Attributes:
+        id: class id. name: class name. cosine: cosine to the class target (lsc) or softmax
+        probability (ce). margin: cosine minus the next class's. novel: the query's nearest
+        vector of the whole system belongs to no class (same for every match of a query).
+    """
+
+    id: int
+    name: str
+    cosine: float
+    margin: float
+    novel: bool
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """A stored item near a query: its store row, id, path, label and cosine."""
+
+    row: int
+    id: str
+    path: str
+    label: int
+    label_name: str | None
+    cosine: float
+
+
+class Retriever:
+    """A run (encoder + vector system) with, optionally, a store and a FAISS index over it."""
+
+    def __init__(self, run: Run, store: EmbeddingStore | None = None, index: Any = None) -> None:
+        self.run = run
+        self.store = store
+        self.index = index
+
+    @classmethod
+    def open(
+        cls,
+        run: str | os.PathLike[str],
+        store: str | os.PathLike[str] | None = None,
+        index: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "auto",
+    ) -> Retriever:
+        """Open a run, and a store (checked to come from this run) with its index.
+
+        With a store but no index, the index beside the store is used when it exists, else a
+        flat index is built in memory.
+
+        Raises:
+            RunError, StoreError: missing/damaged artefacts, a store of another run, an index of
+            another store, a corrupted index file.
+        """
+        opened = open_run(run, device=device)
+        if store is None:
+            if index is not None:
+                raise StoreError("an index needs its store: pass store= as well")
+            return cls(opened)
+        st = open_store(store)
+        if st.header.run_fingerprint != opened.fingerprint:
+            raise StoreError(
+                f"store {st.path} was embedded by run {st.header.run} (fingerprint "
+                f"{st.header.run_fingerprint}), not by {opened.path} ({opened.fingerprint}); "
+                f"embed again with --run {opened.path}"
+            )
+        path = Path(index) if index is not None else default_index_path(st.path)
+        if index is not None or path.is_file():
+            faiss_index, _ = load_index(path, store=st)
+        else:
+            faiss_index = _flat_in_memory(st)
+        return cls(opened, st, faiss_index)
+
+    # -- embeddings -------------------------------------------------------------------
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed images: paths or PIL images -> (B, dim) float32, L2-normalised.
+
+        Raises:
+            DataError: an unreadable image (the message names it).
+        """
+        from lscindex.embedding import embed_batch
+
+        if isinstance(images, str | os.PathLike):
+            images = [images]
+        tensors = []
+        for image in images:
+            pil = (
+                read_image(str(image))
+                if isinstance(image, str | os.PathLike)
+                else image.convert("RGB")
+            )
+            tensors.append(self.run.transform(pil))
+        if not tensors:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        emb, _, _, _ = embed_batch(self.run, torch.stack(tensors))
+        return emb
+
+    @property
+    def _dim(self) -> int:
+        system = self.run.system
+        return system.dim if system is not None else int(self.run.model.backbone.num_features)
+
+    def _as_embeddings(self, queries: Any) -> np.ndarray:
+        if isinstance(queries, np.ndarray | torch.Tensor):
+            array = (
+                queries.detach().cpu().float().numpy()
+                if isinstance(queries, torch.Tensor)
+                else queries
+            )
+            if array.ndim != 2 or array.shape[1] != self._dim:
+                raise InputError(
+                    f"embeddings must be (B, {self._dim}) for run {self.run.path}, got shape "
+                    f"{array.shape}; pass image paths to embed them first"
+                )
+            return np.asarray(array, dtype=np.float32)
+        return self.embed(queries)
+
+    # -- classes ----------------------------------------------------------------------
+    def classify(self, queries: Any, k: int = 5) -> list[list[ClassMatch]]:
+        """Top-k classes per query, best first.
+
+        Args:
+            queries: image paths / PIL images, or (B, dim) embeddings (lsc runs only).
+            k: classes per query, ``1 <= k <= n_classes``.
+        """
+        n_classes = len(self.run.class_names)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_classes:
+            raise InputError(f"k must be in [1, {n_classes}] (the run's classes), got {k!r}")
+        extra = min(k + 1, n_classes)  # one more than asked, for the margin of the k-th
+        if self.run.system is not None:
+            decoded = self.run.system.decode(self._as_embeddings(queries), k=extra)
+            ids, scores, novel = decoded.ids, decoded.scores, decoded.novel
+        else:
+            ids, scores = self._softmax_top(queries, extra)
+            novel = np.zeros(len(ids), dtype=bool)
+        results = []
+        for row in range(len(ids)):
+            matches = []
+            for j in range(k):
+                nxt = float(scores[row, j + 1]) if j + 1 < scores.shape[1] else float("nan")
+                cid = int(ids[row, j])
+                matches.append(
+                    ClassMatch(
+                        cid,
+                        self.run.class_names[cid],
+                        float(scores[row, j]),
+                        float(scores[row, j]) - nxt,
+                        bool(novel[row]),
+                    )
+                )
+            results.append(matches)
+        return results
+
+    def _softmax_top(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k softmax classes of a ce run, which needs the images (logits, not embeddings)."""
+        if isinstance(queries, np.ndarray | torch.Tensor):
+            raise InputError(
+                f"run {self.run.path} has a softmax head: classify it with images, not embeddings"
+            )
+        paths = [queries] if isinstance(queries, str | os.PathLike) else list(queries)
+        batch = torch.stack(
+            [
+                self.run.transform(read_image(str(q)) if isinstance(q, str | os.PathLike) else q)
+                for q in paths
+            ]
+        )
+        with torch.inference_mode():
+            probs = self.run.model(batch.to(self.run.device)).float().softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+
+    # -- stored items -----------------------------------------------------------------
+    def search(self, queries: Any, k: int = 5) -> list[list[Neighbor]]:
+        """The k nearest stored items per query (images or embeddings), by cosine.
+
+        Raises:
+            StoreError: no store was opened. InputError: k above the number of indexed items.
+        """
+        if self.store is None or self.index is None:
+            raise StoreError("search needs a store: Retriever.open(run, store=...)")
+        total = int(self.index.ntotal)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
+            raise InputError(
+                f"k={k!r} is out of range: the store {self.store.path} has {total:,} indexed "
+                f"items; use 1 <= k <= {total}"
+            )
+        emb = self._as_embeddings(queries)
+        scores, rows = self.index.search(np.ascontiguousarray(emb), k)
+        meta = self.store.metadata
+        ids, paths = meta.column("id").to_pylist(), meta.column("path").to_pylist()
+        labels, names = meta.column("label").to_pylist(), meta.column("label_name").to_pylist()
+        results = []
+        for q in range(len(emb)):
+            found = []
+            for score, row in zip(scores[q], rows[q], strict=True):
+                if row < 0:
+                    continue
+                r = int(row)
+                found.append(Neighbor(r, ids[r], paths[r], labels[r], names[r], float(score)))
+            results.append(found)
+        return results
+
+
+def _flat_in_memory(store: EmbeddingStore) -> Any:
+    import faiss
+
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(store.header.dim))
+    status = np.asarray(store.metadata.column("status").to_pylist(), dtype=object) == "ok"
+    for start, block in store.iter_chunks():
+        keep = status[start : start + len(block)]
+        if keep.any():
+            index.add_with_ids(
+                np.ascontiguousarray(block[keep]),
+                np.arange(start, start + len(block), dtype=np.int64)[keep],
+            )
+    return index

@@ -1,0 +1,321 @@
+"""The embedding store: a preallocated, chunk-aligned zarr v3 array plus parquet metadata.
+
+On-disk layout (documented in docs/store-format.md)::
+
+    emb.zarr/                         zarr v3 group; attributes["lscindex"] describe the store
+      embeddings/                     (N, dim) float16|float32, chunks (chunk_rows, dim), no codec
+      metadata/part-000000.parquet    rows [0, chunk_rows) of the metadata, one file per chunk
+
+    emb.parquet                       single file: metadata columns + fixed-size-list "embedding"
+    emb.parquet.parts/                (while being written) one parquet file per chunk
+
+A chunk counts as done once its metadata part exists; parts are written atomically after the
+chunk's embeddings, so an interrupted job resumes at the first unfinished chunk, and several
+processes can write disjoint chunk ranges of one store without locks. Plain ``zarr.open_group``
+and ``pyarrow.parquet.read_table`` read everything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lscindex.checkpoint import atomic_write_bytes
+from lscindex.errors import StoreError
+
+__all__ = [
+    "METADATA_SCHEMA",
+    "STORE_FORMAT_VERSION",
+    "EmbeddingStore",
+    "StoreWriter",
+    "open_store",
+]
+
+STORE_FORMAT_VERSION = 1
+ATTRS_KEY = "lscindex"
+METADATA_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.int64()),
+        ("label_name", pa.string()),
+        ("pred", pa.int64()),
+        ("pred_name", pa.string()),
+        ("score", pa.float32()),
+        ("novel", pa.bool_()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+DTYPES = ("float16", "float32")
+
+
+def _is_parquet(path: str | os.PathLike[str]) -> bool:
+    return str(path).lower().endswith(".parquet")
+
+
+def _part_name(chunk: int) -> str:
+    return f"part-{chunk:06d}.parquet"
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    """What a store's attributes record (``attrs["lscindex"]``)."""
+
+    format_version: int
+    store_id: str
+    count: int
+    dim: int
+    dtype: str
+    chunk_rows: int
+    system: dict[str, Any] | None
+    run: str
+    run_fingerprint: str
+    inputs_sha256: str
+    complete: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def n_chunks(self) -> int:
+        return max(1, -(-self.count // self.chunk_rows))
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.count)
+
+
+class StoreWriter:
+    """Creates or resumes a store and writes it chunk by chunk (any process, any chunk).
+
+    Use :meth:`create` (fresh) or :meth:`resume` (same inputs, run and settings), then
+    :meth:`write_chunk` for each chunk in :meth:`pending_chunks`, then :meth:`finalize`.
+    """
+
+    def __init__(self, path: Path, header: StoreHeader) -> None:
+        self.path = path
+        self.header = header
+        self.parquet = _is_parquet(path)
+        self._array: Any = None
+        if not self.parquet:
+            import zarr
+
+            self._array = zarr.open_array(str(path / "embeddings"), mode="r+")
+
+    @property
+    def parts_dir(self) -> Path:
+        if self.parquet:
+            return self.path.with_name(self.path.name + ".parts")
+        return self.path / "metadata"
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], header: StoreHeader) -> StoreWriter:
+        """Preallocate a new store (the caller checked ``path`` may be written)."""
+        path = Path(path)
+        if header.dtype not in DTYPES:
+            raise StoreError(f"dtype must be one of {DTYPES}, got {header.dtype!r}")
+        if _is_parquet(path):
+            parts = path.with_name(path.name + ".parts")
+            shutil.rmtree(parts, ignore_errors=True)
+            parts.mkdir(parents=True)
+            atomic_write_bytes(parts / "header.json", json.dumps(header.to_dict()).encode())
+        else:
+            import zarr
+
+            if path.exists():
+                shutil.rmtree(path)
+            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+            group.create_array(
+                "embeddings",
+                shape=(header.count, header.dim),
+                chunks=(header.chunk_rows, header.dim),
+                dtype=header.dtype,
+                compressors=None,
+                fill_value=float("nan"),
+                dimension_names=("row", "dim"),
+            )
+            group.attrs[ATTRS_KEY] = header.to_dict()
+            (path / "metadata").mkdir()
+        return cls(path, header)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str]) -> StoreWriter:
+        """Open an unfinished store for writing its remaining chunks."""
+        path = Path(path)
+        return cls(path, read_header(path, allow_incomplete=True))
+
+    def done_chunks(self) -> set[int]:
+        done = set()
+        if self.parts_dir.is_dir():
+            for p in self.parts_dir.glob("part-*.parquet"):
+                done.add(int(p.stem.split("-")[1]))
+        return done
+
+    def pending_chunks(self) -> list[int]:
+        done = self.done_chunks()
+        return [c for c in range(self.header.n_chunks) if c not in done]
+
+    def write_chunk(self, chunk: int, embeddings: np.ndarray, metadata: pa.Table) -> None:
+        """Write one chunk: embeddings (rows, dim) then, atomically, its metadata part."""
+        start, stop = self.header.chunk_range(chunk)
+        if embeddings.shape != (stop - start, self.header.dim) or metadata.num_rows != stop - start:
+            raise StoreError(
+                f"chunk {chunk} needs {stop - start} rows of dim {self.header.dim}, got "
+                f"{embeddings.shape} and {metadata.num_rows} metadata rows"
+            )
+        data = embeddings.astype(self.header.dtype)
+        if self.parquet:
+            column = pa.FixedSizeListArray.from_arrays(pa.array(data.reshape(-1)), self.header.dim)
+            metadata = metadata.append_column("embedding", column)
+        else:
+            self._array[start:stop] = data
+        buffer = io.BytesIO()
+        pq.write_table(metadata, buffer)
+        atomic_write_bytes(self.parts_dir / _part_name(chunk), buffer.getvalue())
+
+    def finalize(self) -> StoreHeader:
+        """Mark the store complete (parquet: assemble the single file). All chunks must be done."""
+        missing = self.pending_chunks()
+        if missing:
+            raise StoreError(f"store {self.path} still lacks chunks {missing[:5]}; run embed again")
+        header = StoreHeader(**{**self.header.to_dict(), "complete": True})
+        if self.parquet:
+            tables = [pq.read_table(self.parts_dir / _part_name(c)) for c in range(header.n_chunks)]
+            table = pa.concat_tables(tables).replace_schema_metadata(
+                {ATTRS_KEY.encode(): json.dumps(header.to_dict()).encode()}
+            )
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            atomic_write_bytes(self.path, buffer.getvalue())
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        else:
+            import zarr
+
+            group = zarr.open_group(str(self.path), mode="r+")
+            group.attrs[ATTRS_KEY] = header.to_dict()
+        self.header = header
+        return header
+
+
+def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreHeader:
+    """The header of a store (zarr attributes, parquet schema metadata or an unfinished parquet)."""
+    path = Path(path)
+    raw: dict[str, Any] | None = None
+    if _is_parquet(path):
+        parts = path.with_name(path.name + ".parts")
+        if allow_incomplete and (parts / "header.json").is_file():
+            raw = json.loads((parts / "header.json").read_text())
+        elif path.is_file():
+            meta = pq.read_schema(path).metadata or {}
+            if ATTRS_KEY.encode() in meta:
+                raw = json.loads(meta[ATTRS_KEY.encode()])
+    elif (path / "zarr.json").is_file():
+        import zarr
+
+        found = dict(zarr.open_group(str(path), mode="r").attrs).get(ATTRS_KEY)
+        raw = dict(found) if isinstance(found, dict) else None
+    if raw is None:
+        raise StoreError(
+            f"{path} is not an lscindex embedding store; create one with "
+            f"lscindex embed --out {path}"
+        )
+    if raw.get("format_version") != STORE_FORMAT_VERSION:
+        raise StoreError(
+            f"store {path} has format_version {raw.get('format_version')!r}, this lscindex reads "
+            f"{STORE_FORMAT_VERSION}; embed again or upgrade lscindex"
+        )
+    header = StoreHeader(**raw)
+    if not header.complete and not allow_incomplete:
+        raise StoreError(
+            f"store {path} is unfinished ({header.count:,} rows planned); run the same lscindex "
+            f"embed command again to complete it"
+        )
+    return header
+
+
+def store_exists(path: str | os.PathLike[str]) -> bool:
+    path = Path(path)
+    if _is_parquet(path):
+        return path.is_file() or path.with_name(path.name + ".parts").is_dir()
+    return path.exists()
+
+
+@dataclass
+class EmbeddingStore:
+    """A finished store opened for reading.
+
+    Attributes:
+        path: where it lives.
+        header: its attributes (count, dim, dtype, system, run fingerprint, ...).
+        embeddings: (N, dim) array-like (zarr array, or numpy for a parquet store); index it to
+            read rows, e.g. ``store.embeddings[:1000]``.
+        metadata: pyarrow Table with one row per embedding (see ``METADATA_SCHEMA``).
+    """
+
+    path: Path
+    header: StoreHeader
+    embeddings: Any
+    metadata: pa.Table
+
+    def __len__(self) -> int:
+        return self.header.count
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies this store's content: changes whenever it is written anew."""
+        return self.header.store_id
+
+    def iter_chunks(self, rows: int | None = None) -> Iterable[tuple[int, np.ndarray]]:
+        """(start, (n, dim) float32 block) pieces in row order, aligned to the store's chunks."""
+        step = rows or self.header.chunk_rows
+        for start in range(0, self.header.count, step):
+            stop = min(start + step, self.header.count)
+            yield start, np.asarray(self.embeddings[start:stop], dtype=np.float32)
+
+
+def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
+    """Open a finished zarr or parquet store.
+
+    Returns:
+        :class:`EmbeddingStore` with ``embeddings`` (N, dim) and ``metadata`` (pyarrow Table).
+
+    Raises:
+        StoreError: not a store, unfinished, or an unknown format version.
+
+    Example:
+        >>> store = open_store("emb.zarr")          # doctest: +SKIP
+        >>> store.embeddings[:5].shape, store.metadata.column("path")[0]  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not store_exists(path):
+        raise StoreError(f"store {path} does not exist; create it with lscindex embed --out {path}")
+    header = read_header(path)
+    if _is_parquet(path):
+        table = pq.read_table(path)
+        flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        embeddings = flat.reshape(header.count, header.dim)
+        metadata = table.drop_columns(["embedding"])
+    else:
+        import zarr
+
+        embeddings = zarr.open_array(str(path / "embeddings"), mode="r")
+        metadata = pq.read_table(path / "metadata")
+    metadata = metadata.sort_by("row")
+    return EmbeddingStore(path=path, header=header, embeddings=embeddings, metadata=metadata)
+
+
+def new_store_id() -> str:
+    return uuid.uuid4().hex[:16]

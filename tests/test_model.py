@@ -1,0 +1,74 @@
+"""lscindex.model: encoder shapes, normalisation and config handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lscindex import VectorSystem
+from lscindex.errors import ConfigError
+from lscindex.model import ModelConfig, create_model
+
+
+def lsc_config(**kw) -> ModelConfig:  # type: ignore[no-untyped-def]
+    system = VectorSystem.create("v21", 600_000)
+    return ModelConfig(backbone="test_resnet", n_classes=600_000, system=system.to_dict(), **kw)
+
+
+def test_lsc_encoder_outputs_unit_vectors_of_the_system_dim() -> None:
+    model = create_model(lsc_config()).eval()
+    out = model(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 108) and out.dtype == torch.float32
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+    # nothing class-sized in the model: 600k classes cost the same parameters as 100
+    small = create_model(
+        ModelConfig(
+            backbone="test_resnet",
+            n_classes=100,
+            system=VectorSystem.create("v21", 100, dim=108).to_dict(),
+        )
+    )
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def test_ce_encoder_outputs_logits_and_embeds_features() -> None:
+    model = create_model(ModelConfig(backbone="test_resnet", head="ce", n_classes=11)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 11)
+    emb = model.embed(x)
+    assert emb.shape == (2, model.backbone.num_features)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+
+
+def test_data_config_uses_the_configured_size() -> None:
+    model = create_model(lsc_config(img_size=48))
+    assert model.data_config["input_size"] == (3, 48, 48)
+    assert len(model.data_config["mean"]) == 3
+
+
+def test_config_roundtrip_and_errors() -> None:
+    cfg = lsc_config()
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="'depth'"):
+        ModelConfig.from_dict({**cfg.to_dict(), "depth": 3})
+    with pytest.raises(ConfigError, match="needs a vector system"):
+        ModelConfig(backbone="test_resnet", n_classes=3)
+    with pytest.raises(ConfigError, match="head must be"):
+        ModelConfig(backbone="test_resnet", n_classes=3, head="svm")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"unknown timm model 'tset_vit'; did you mean test_vit"):
+        create_model(ModelConfig(backbone="tset_vit", head="ce", n_classes=3))
+
+
+def test_pretrained_weights_that_cannot_load_give_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import timm
+
+    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("no network")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(
+        ConfigError, match=r"could not load pretrained weights .*without --pretrained"
+    ):
+        create_model(lsc_config(), pretrained=True)
