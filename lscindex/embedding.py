@@ -308,14 +308,23 @@ def build_store(
     )
 
     # -- create, resume, or leave alone ---------------------------------------------------------
+    # --overwrite builds the new store beside the old one and swaps them only when it is
+    # complete, so an interrupted or failed overwrite leaves the existing store intact.
+    final = out
+    if overwrite and store_exists(out):
+        out = out.with_name(f"{out.stem}.new{out.suffix}")
     if rank == 0:
-        writer = _open_writer(out, header, overwrite)
+        writer = _open_writer(out, header, scratch=out != final)
     if world > 1:
         dist.barrier()
     if rank != 0:
         writer = StoreWriter.resume(out)
     if writer.header.complete:
-        return EmbedReport(out, writer.header, 0, 0, True, time.perf_counter() - started)
+        if out != final and rank == 0:  # an overwrite interrupted just before its swap
+            _swap_in(out, final)
+            _record_store(opened.path, final, writer.header)
+            return EmbedReport(final, writer.header, 0, 0, False, time.perf_counter() - started)
+        return EmbedReport(final, writer.header, 0, 0, True, time.perf_counter() - started)
     header = writer.header
     mine = [c for c in writer.pending_chunks() if c % world == rank]
 
@@ -376,11 +385,25 @@ def build_store(
         dist.barrier()
     if rank == 0:
         header = writer.finalize()
-        _record_store(opened.path, out, header)
+        if out != final:
+            _swap_in(out, final)
+        _record_store(opened.path, final, header)
     if world > 1:
         dist.barrier()
-        header = read_header(out)
-    return EmbedReport(out, header, done, errors, False, time.perf_counter() - started)
+        header = read_header(final)
+    return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace ``final`` by the finished store ``new`` (old one renamed aside, then removed)."""
+    import shutil
+
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def _record_store(run_dir: Path, out: Path, header: StoreHeader) -> None:
@@ -412,13 +435,17 @@ def find_store(run_dir: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _open_writer(out: Path, header: StoreHeader, overwrite: bool) -> StoreWriter:
-    """A writer for a new store, or for the unfinished store already at ``out``."""
+def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWriter:
+    """A writer for a new store, or for the unfinished store already at ``out``.
+
+    ``scratch``: ``out`` is our own temporary (an --overwrite in progress): resume it when it
+    matches, recreate it otherwise.
+    """
     if not store_exists(out):
         if out.exists() and not out.is_dir():
             raise StoreError(f"{out} exists and is not a store; choose another --out")
         return StoreWriter.create(out, header)
-    if overwrite:
+    if scratch and not _is_our_store(out):
         return StoreWriter.create(out, header)
     if not _is_our_store(out):
         raise StoreError(f"{out} exists and is not an lscindex store; choose another --out")
@@ -434,6 +461,8 @@ def _open_writer(out: Path, header: StoreHeader, overwrite: bool) -> StoreWriter
         for name in ("run_fingerprint", "inputs_sha256", "dtype", "dim", "chunk_rows", "count")
         if getattr(existing, name) != getattr(header, name)
     ]
+    if scratch and differences:
+        return StoreWriter.create(out, header)
     if existing.complete or differences:
         what = ", ".join(differences) or "nothing"
         raise StoreError(

@@ -10,6 +10,7 @@ import typer
 from lscindex.errors import LscIndexError
 from lscindex_cli import store_cmd, systems_cmd, train_cmd
 from lscindex_cli._common import err_console
+from lscindex_cli.data_cmd import data_app
 
 app = typer.Typer(
     name="lscindex",
@@ -30,6 +31,7 @@ def _root(
 
 
 app.command("systems")(systems_cmd.systems)
+app.add_typer(data_app, name="data")
 app.command("train")(train_cmd.train)
 app.command("plot")(train_cmd.plot)
 app.command("embed")(store_cmd.embed)

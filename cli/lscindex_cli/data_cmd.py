@@ -1,0 +1,98 @@
+"""`lscindex data ...`: build datasets (the glyph dataset: characters rendered from fonts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lscindex.glyphs import (
+    DEFAULT_MIN_FONTS,
+    DEFAULT_VAL_FONTS,
+    build_glyph_dataset,
+    plan_glyph_dataset,
+)
+from lscindex_cli._common import console
+
+data_app = typer.Typer(help="Build datasets.", no_args_is_help=True)
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[int, int], None]]:
+    """A transient rich bar, driven by the library's ``progress(done, total)`` callback."""
+    columns = (TextColumn("rendering glyphs"), BarColumn(), MofNCompleteColumn())
+    with Progress(
+        *columns,
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,  # no stray blank line in pipes and logs
+    ) as bar:
+        task = bar.add_task("glyphs", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@data_app.command("glyphs")
+def glyphs(
+    out: Annotated[Path, typer.Argument(help="Dataset folder to create.")],
+    fonts: Annotated[
+        list[str] | None,
+        typer.Option(help="pip, system, or a folder/font file; repeatable (default: pip)."),
+    ] = None,
+    classes: Annotated[
+        int | None, typer.Option(help="Keep this many classes, the best covered (default: all).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
+    val_fonts: Annotated[int, typer.Option(help="Fonts held out for validation.")] = (
+        DEFAULT_VAL_FONTS
+    ),
+    min_fonts: Annotated[int, typer.Option(help="Training fonts a class needs.")] = (
+        DEFAULT_MIN_FONTS
+    ),
+    seed: Annotated[int, typer.Option(help="Seed for the choice of val fonts and classes.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="Rendering processes (default: all CPUs).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it is not empty.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count classes and images; write nothing.")
+    ] = False,
+) -> None:
+    """Render one image per (character, font); one class per character, split by font."""
+    options: dict[str, Any] = {
+        "fonts": fonts or ["pip"],
+        "n_classes": classes,
+        "size": size,
+        "val_fonts": val_fonts,
+        "min_fonts": min_fonts,
+        "seed": seed,
+        "workers": workers,
+    }
+    with _progress_bar() as progress:
+        if dry_run:
+            plan = plan_glyph_dataset(**options, progress=progress)
+        else:
+            info = build_glyph_dataset(out, **options, overwrite=overwrite, progress=progress)
+    if dry_run:
+        console.print(
+            f"Would write {plan.n_classes:,} classes ({plan.n_classes_available:,} available): "
+            f"{plan.n_train:,} train images from {len(plan.train_fonts)} fonts, {plan.n_val:,} "
+            f"val images from {len(plan.val_fonts)} held-out fonts "
+            f"({', '.join(plan.val_fonts)}); {len(plan.skipped_fonts)} fonts unreadable.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"Wrote {info.n_classes:,} classes to {info.out}: {info.n_train:,} train images from "
+        f"{len(info.train_fonts)} fonts, {info.n_val:,} val images from {len(info.val_fonts)} "
+        f"held-out fonts ({', '.join(info.val_fonts)}), {info.size}x{info.size} grayscale PNG.",
+        highlight=False,
+        soft_wrap=True,
+    )
