@@ -1,9 +1,22 @@
 """lscindex: image encoders trained on fixed vector-system targets, and extreme-class retrieval.
 
 The public API is what this module exports; everything else may change between versions.
+Importing it is cheap: torch, timm and FAISS load when the first function that needs them runs.
 """
 
-from lscindex.errors import CapacityError, ConfigError, InputError, LscIndexError
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lscindex.errors import (
+    CapacityError,
+    ConfigError,
+    DataError,
+    InputError,
+    LscIndexError,
+    RunError,
+    StoreError,
+)
 from lscindex.systems import (
     Decoded,
     HeadSize,
@@ -17,21 +30,84 @@ from lscindex.systems import (
     softmax_head_size,
 )
 
+if TYPE_CHECKING:
+    from lscindex.checkpoint import Run, open_run
+    from lscindex.embedding import EmbedReport, build_store
+    from lscindex.glyphs import GlyphDatasetInfo, build_glyph_dataset
+    from lscindex.index import IndexInfo, build_index, load_index
+    from lscindex.retrieval import ClassMatch, Neighbor, Retriever
+    from lscindex.store import EmbeddingStore, open_store
+    from lscindex.training import EpochMetrics, TrainConfig, TrainResult, fit
+
 __version__ = "0.1.0"
+
+# name -> module, imported on first access (PEP 562) so `import lscindex` stays light.
+_LAZY = {
+    "Run": "checkpoint",
+    "open_run": "checkpoint",
+    "EmbedReport": "embedding",
+    "build_store": "embedding",
+    "GlyphDatasetInfo": "glyphs",
+    "build_glyph_dataset": "glyphs",
+    "IndexInfo": "index",
+    "build_index": "index",
+    "load_index": "index",
+    "ClassMatch": "retrieval",
+    "Neighbor": "retrieval",
+    "Retriever": "retrieval",
+    "EmbeddingStore": "store",
+    "open_store": "store",
+    "EpochMetrics": "training",
+    "TrainConfig": "training",
+    "TrainResult": "training",
+    "fit": "training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"lscindex.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lscindex' has no attribute {name!r}")
+
 
 __all__ = [
     "CapacityError",
+    "ClassMatch",
     "ConfigError",
+    "DataError",
     "Decoded",
+    "EmbedReport",
+    "EmbeddingStore",
+    "EpochMetrics",
+    "GlyphDatasetInfo",
     "HeadSize",
+    "IndexInfo",
     "InputError",
     "LscIndexError",
+    "Neighbor",
+    "Retriever",
+    "Run",
+    "RunError",
+    "StoreError",
     "SystemSize",
     "TargetIndex",
+    "TrainConfig",
+    "TrainResult",
     "VectorSystem",
     "__version__",
+    "build_glyph_dataset",
+    "build_index",
+    "build_store",
     "count_vectors",
+    "fit",
+    "load_index",
     "n_min",
+    "open_run",
+    "open_store",
     "parse_kind",
     "size_systems",
     "softmax_head_size",

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lscindex._io import _DIR_MODE, _fsync_dir, atomic_write_bytes, atomic_write_json
 from lscindex.errors import RunError
 
 __all__ = [
@@ -53,39 +54,6 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 CHECKPOINTS = "checkpoints"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_weights(
@@ -233,6 +201,7 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.global_step:09d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    tmp.chmod(_DIR_MODE)
     try:
         opt_tensors, opt_meta = _split_optimizer(state.optimizer)
         rng_tensors = {"rng.torch": state.rng["torch"], "rng.numpy": state.rng["numpy"]["keys"]}

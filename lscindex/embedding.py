@@ -290,9 +290,7 @@ def build_store(
         )
     out = Path(out)
     items = resolve_inputs(inputs, opened.class_keys, opened.class_names)
-    dim = (
-        opened.system.dim if opened.system is not None else int(opened.model.backbone.num_features)
-    )
+    dim = opened.model.embed_dim
     header = StoreHeader(
         format_version=1,
         store_id=new_store_id(),
@@ -410,7 +408,7 @@ def _record_store(run_dir: Path, out: Path, header: StoreHeader) -> None:
     """Note the finished store in the run's stores.json, so query can find it with no flags."""
     import json
 
-    from lscindex.checkpoint import atomic_write_json
+    from lscindex._io import atomic_write_json
 
     listing = run_dir / "stores.json"
     try:

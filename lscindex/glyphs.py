@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -70,6 +71,8 @@ import sysconfig
 import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +81,7 @@ import numpy.typing as npt
 import PIL
 from PIL import Image, ImageDraw, ImageFont
 
+from lscindex._io import atomic_write_bytes, public_dir_mode
 from lscindex.errors import ConfigError, LscIndexError
 
 __all__ = [
@@ -627,7 +631,7 @@ def _write_chunk(args: tuple[_Face, list[tuple[int, str]], int]) -> int:
 
 # -- parallel map ----------------------------------------------------------------------------
 class _Workers:
-    """Unordered parallel map over a spawn pool (safe in threaded parents such as a rich bar).
+    """Parallel map over a spawn process pool (safe in threaded parents such as a rich bar).
 
     The pool starts on first use and serves every phase of one build, so worker start-up
     (importing numpy, Pillow and fontTools) is paid once. ``n <= 1`` maps in this process.
@@ -642,19 +646,25 @@ class _Workers:
             yield from map(fn, tasks)
             return
         if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(self.n)
-        yield from self._pool.imap_unordered(fn, tasks, chunksize=1)
+            self._pool = ProcessPoolExecutor(
+                self.n, mp_context=multiprocessing.get_context("spawn")
+            )
+        try:
+            yield from self._pool.map(fn, tasks, chunksize=1)
+        except BrokenProcessPool:
+            # A spawned worker re-imports the caller's main module; a script that builds at
+            # import time instead of under a main guard kills its workers this way.
+            raise LscIndexError(
+                "glyph rendering worker processes died while starting; call build_glyph_dataset "
+                "from under `if __name__ == '__main__':` in scripts, or pass workers=1"
+            ) from None
 
     def __enter__(self) -> _Workers:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._pool is not None:
-            if exc_type is None:
-                self._pool.close()
-            else:
-                self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -1119,6 +1129,7 @@ def build_glyph_dataset(
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.building-", dir=out_path.parent))
+        tmp.chmod(public_dir_mode())  # mkdtemp makes it private; the data set is not
         try:
             _write_dataset(tmp, plan, pool, analysed[1], progress)
             _check_out(out_path, overwrite)  # it may have appeared while we were rendering
@@ -1216,7 +1227,9 @@ def _write_dataset(
             "split": pa.array([splits[plan._face[i]] for i in order], pa.string()),
         }
     )
-    _write_atomic(root / "manifest.parquet", lambda p: pq.write_table(table, p))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(root / "manifest.parquet", buffer.getvalue())
     _write_json(root / "classes.json", list(plan.classes))
     _write_json(root / "dataset.json", _dataset_json(plan))
 
@@ -1259,18 +1272,4 @@ def _dataset_json(plan: GlyphPlan) -> dict[str, Any]:
 
 def _write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
-
-
-def _write_atomic(path: Path, write: Callable[[str], object]) -> None:
-    """Write via a temp file in the same folder, fsync it, then os.replace onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))

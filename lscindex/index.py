@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lscindex.checkpoint import atomic_write_json
+from lscindex._io import atomic_write_json
 from lscindex.errors import ConfigError, StoreError
 from lscindex.store import EmbeddingStore, open_store
 

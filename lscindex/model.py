@@ -111,8 +111,11 @@ class Encoder(nn.Module):
                 f"could not load pretrained weights for {config.backbone!r} ({exc}); "
                 f"train without --pretrained or make the weights available to timm offline"
             ) from exc
-        features: int = self.backbone.num_features  # type: ignore[assignment]
-        self.head = nn.Linear(features, config.out_dim)
+        # Pooled output width: timm calls it head_hidden_size where a pre-logits layer sits
+        # between the trunk and the classifier (MobileNetV3, some ConvNeXts), else num_features.
+        pooled = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.feature_dim = int(pooled)  # type: ignore[arg-type]
+        self.head = nn.Linear(self.feature_dim, config.out_dim)
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -122,6 +125,11 @@ class Encoder(nn.Module):
         cfg = timm.data.resolve_data_config({}, model=self.backbone)
         cfg["input_size"] = (self.config.in_chans, self.config.img_size, self.config.img_size)
         return dict(cfg)
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of :meth:`embed`: the system's dim (lsc) or the pooled feature width (ce)."""
+        return self.config.out_dim if self.config.head == "lsc" else self.feature_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, F) pooled backbone features."""

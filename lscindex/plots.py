@@ -36,7 +36,7 @@ def plot_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lscindex.checkpoint import atomic_write_bytes
+    from lscindex._io import atomic_write_bytes
 
     if not runs:
         raise RunError("plot needs at least one run directory")

@@ -126,8 +126,7 @@ class Retriever:
 
     @property
     def _dim(self) -> int:
-        system = self.run.system
-        return system.dim if system is not None else int(self.run.model.backbone.num_features)
+        return int(self.run.model.embed_dim)
 
     def _as_embeddings(self, queries: Any) -> np.ndarray:
         if isinstance(queries, np.ndarray | torch.Tensor):

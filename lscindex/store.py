@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lscindex.checkpoint import atomic_write_bytes
+from lscindex._io import atomic_write_bytes
 from lscindex.errors import StoreError
 
 __all__ = [

@@ -36,7 +36,7 @@ def test_ce_encoder_outputs_logits_and_embeds_features() -> None:
     x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 11)
     emb = model.embed(x)
-    assert emb.shape == (2, model.backbone.num_features)
+    assert emb.shape == (2, model.embed_dim) and model.embed_dim == model.feature_dim
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
 
 
@@ -72,3 +72,13 @@ def test_pretrained_weights_that_cannot_load_give_a_clear_error(
         ConfigError, match=r"could not load pretrained weights .*without --pretrained"
     ):
         create_model(lsc_config(), pretrained=True)
+
+
+def test_backbones_with_a_pre_logits_layer_get_the_right_width() -> None:
+    # MobileNetV3 pools to head_hidden_size (1024), not num_features (576)
+    system = VectorSystem.create("v21", 50)
+    model = create_model(
+        ModelConfig(backbone="mobilenetv3_small_100", n_classes=50, system=system.to_dict())
+    ).eval()
+    assert model.feature_dim == 1024
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, system.dim)
