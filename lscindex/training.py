@@ -59,7 +59,6 @@ class TrainConfig:
     model: str = "resnet18"
     pretrained: bool = False
     head: Literal["lsc", "ce"] = "lsc"
-    loss: str = "cosine"
     system: str = "v21"
     dim: int | None = None
     system_seed: int = 0
@@ -88,8 +87,6 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.head not in ("lsc", "ce"):
             raise ConfigError(f"head must be 'lsc' or 'ce', got {self.head!r}")
-        if self.loss not in ("cosine", "hard-negative"):
-            raise ConfigError(f"loss must be 'cosine' or 'hard-negative', got {self.loss!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0 or self.checkpoint_every < 0 or self.max_steps < 0:
@@ -392,7 +389,7 @@ def _fit(
     )
     model = create_model(model_config, pretrained=config.pretrained).to(device)
     train_tf, eval_tf = _transforms(model, config)
-    loss_fn = create_loss(config.head, system, config.loss)
+    loss_fn = create_loss(config.head, system)
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay
     )

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "${LSCINDEX_WORKDIR:-$(dirname "$0")/..}"
 
-model=resnet10t epochs=6 data_opts=() train_opts=(--batch-size 128 --lr 3e-3)
+model=resnet10t epochs=9 data_opts=() train_opts=(--batch-size 128 --lr 3e-3)
 if [ -n "${LSCINDEX_QUICKSTART_FAST:-}" ]; then
   # The test suite runs the same steps on a tiny set with a tiny model.
   model=test_resnet epochs=1 data_opts=(--classes 12 --size 16)

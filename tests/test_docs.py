@@ -88,15 +88,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _system_fonts() -> bool:
-    from lscindex.glyphs import find_fonts
-
-    try:
-        return bool(find_fonts("system"))
-    except Exception:
-        return False
-
-
 def run_shell(line: str, doc: str) -> None:
     words = shlex.split(line)
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
@@ -133,8 +124,11 @@ def test_document_runs_top_to_bottom(
     monkeypatch.chdir(work)
     for kind, text in todo:
         if kind == "shell":
-            if "--fonts system" in text and not _system_fonts():
-                continue  # nothing to render on a machine without system fonts
+            if "--fonts system" in text:
+                # Planning the CJK set renders every glyph of ~175 installed faces (~5 minutes
+                # on 2 cores): too slow for the suite. tests/test_glyphs.py covers
+                # --fonts with a folder of fonts instead.
+                continue
             run_shell(text, doc.name)
         else:
             exec(compile(text, doc.name, "exec"), {"__name__": "__doc__"})

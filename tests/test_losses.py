@@ -46,33 +46,3 @@ def test_create_loss_matches_the_head() -> None:
     assert isinstance(create_loss("lsc", system), CosineTargetLoss)
     assert isinstance(create_loss("ce", None), CrossEntropyLoss)
 
-
-def test_hard_negative_loss_equals_an_explicit_softmax_over_the_nearest_wrong_targets() -> None:
-    from lscindex.losses import HardNegativeLoss
-
-    system = VectorSystem.create("v21", 3000)
-    torch.manual_seed(2)
-    e = torch.randn(6, system.dim, requires_grad=True)
-    labels = torch.randint(0, 3000, (6,))
-    loss = HardNegativeLoss(system, negatives=5, scale=10.0)(e, labels)
-    # reference: rank every class by cosine, keep the 5 best that are not the label
-    every = torch.from_numpy(system.targets(np.arange(3000))).double()
-    unit = torch.nn.functional.normalize(e.detach().double(), dim=1)
-    total = 0.0
-    for row, label in zip(unit, labels.tolist(), strict=True):
-        cos = every @ row
-        order = [int(i) for i in torch.argsort(cos, descending=True) if int(i) != label][:5]
-        logits = 10.0 * torch.cat([cos[[label]], cos[order]])
-        total += float(-torch.log_softmax(logits, 0)[0])
-    assert math.isclose(float(loss.detach()), total / 6, rel_tol=1e-5)
-    loss.backward()
-    assert e.grad is not None and torch.isfinite(e.grad).all()
-
-
-def test_unknown_loss_name() -> None:
-    import pytest
-
-    from lscindex.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="loss must be one of"):
-        create_loss("lsc", VectorSystem.create("v21", 10), "hinge")

@@ -108,9 +108,6 @@ def train(
     head: Annotated[
         str, typer.Option(help="lsc (fixed targets) or ce (softmax baseline).")
     ] = "lsc",
-    loss: Annotated[
-        str, typer.Option(help="lsc loss: cosine (1 - cos to the target) or hard-negative.")
-    ] = "cosine",
     system: Annotated[
         str, typer.Option(help="Vector system kind: v21, v11, v22, v21s, ...")
     ] = "v21",
@@ -151,7 +148,6 @@ def train(
         model=model,
         pretrained=pretrained,
         head=head,  # type: ignore[arg-type]
-        loss=loss,
         system=system,
         dim=None if dim == "auto" else int(dim),
         system_seed=system_seed,
