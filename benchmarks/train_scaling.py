@@ -1,0 +1,327 @@
+"""Training step time and peak memory of the LSC head vs a learned softmax (CE) head by class count.
+
+For one timm backbone, each (head, n_classes) configuration trains on synthetic images and uniform
+random labels in its own fresh subprocess (peak RSS is per process and never goes down), with the
+optimizer training uses (timm AdamW). A step is everything a training step does: forward, loss,
+zero_grad, backward, optimizer.step. The claim under test: nothing in LSC training grows with the
+class count (the targets come from the codec per batch, the head is dim = n_min wide), while the
+softmax head's weights, gradients, Adam moments and logits all grow with it.
+
+    python benchmarks/train_scaling.py            # resnet18, 32 px, batch 64, 2 threads, ~3-8 min
+    python benchmarks/train_scaling.py --rounds 2  # busy machine: keep each row's fastest round
+    python benchmarks/train_scaling.py --classes 1000 600000 --heads lsc ce --steps 20
+    python benchmarks/train_scaling.py --classes 100 2000 --steps 2 --warmup 1 \\
+        --model test_resnet --batch-size 8 --img-size 32          # smoke test, ~30 s
+
+Columns: median and p90 wall time per step; start RSS is the peak after importing torch and timm,
+before anything is built (the torch runtime alone is ~0.5 GB). The ratios divide by the LSC row at
+the smallest class count; the summary line compares the largest class count with the smallest.
+
+The CE head at 600k classes on resnet18's 512 features is 307M parameters: ~1.2 GB of weights and
+~5 GB with gradient and Adam moments (~8 GB peak, with AdamW's temporaries), so that configuration
+needs that much free RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+RESULT_PREFIX = "TRAIN_SCALING_RESULT "
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[1000, 10_000, 100_000, 600_000])
+    parser.add_argument("--heads", nargs="+", choices=["lsc", "ce"], default=["lsc", "ce"])
+    parser.add_argument("--model", default="resnet18", help="timm backbone name")
+    parser.add_argument("--kind", default="v21", help="vector system kind for the lsc head")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every configuration this many times, interleaved, and keep each one's fastest "
+        "round (a guard against other processes on a shared machine)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    # Internal: run one configuration ("head:n_classes") and print one JSON result line.
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if min(args.classes) < 1 or min(args.steps, args.rounds, args.threads) < 1 or args.warmup < 0:
+        parser.error("--classes, --steps, --rounds and --threads must be >= 1, --warmup >= 0")
+    return args
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated ``q``-th percentile (0..100) of ``values``."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+# -- child: one configuration ---------------------------------------------------------------------
+def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str, Any]:
+    """Build model, loss and optimizer for one configuration and time its training steps."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import timm.optim
+
+    from lscindex import VectorSystem
+    from lscindex.losses import create_loss
+    from lscindex.model import ModelConfig, create_model
+
+    start_rss = peak_rss_mib()
+    torch.manual_seed(args.seed)
+    system = VectorSystem.create(args.kind, n_classes) if head == "lsc" else None
+    config = ModelConfig(
+        backbone=args.model,
+        head=head,  # type: ignore[arg-type]
+        n_classes=n_classes,
+        system=system.to_dict() if system is not None else None,
+        img_size=args.img_size,
+    )
+    model = create_model(config)
+    model.train()
+    loss_fn = create_loss(head, system)
+    optimizer = timm.optim.create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    params = sum(p.numel() for p in model.parameters())
+    generator = torch.Generator().manual_seed(args.seed)
+    shape = (args.batch_size, 3, args.img_size, args.img_size)
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        # A fresh batch each step (labels drive the per-batch targets), made outside the timer.
+        images = torch.randn(shape, generator=generator)
+        labels = torch.randint(0, n_classes, (args.batch_size,), generator=generator)
+        t0 = time.perf_counter()
+        loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)  # as lscindex.training does
+        loss.backward()
+        optimizer.step()
+        elapsed = time.perf_counter() - t0
+        if not torch.isfinite(loss.detach()):
+            raise RuntimeError(f"non-finite loss {float(loss)} at step {i} ({head}, {n_classes})")
+        if i >= args.warmup:
+            times.append(elapsed)
+
+    return {
+        "head": head,
+        "classes": n_classes,
+        "out_dim": config.out_dim,
+        "params": params,
+        "median_ms": 1000 * statistics.median(times),
+        "p90_ms": 1000 * percentile(times, 90),
+        "start_rss_mib": start_rss,
+        "peak_rss_mib": peak_rss_mib(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# -- parent: run every configuration in its own process, print the table --------------------------
+def child_command(args: argparse.Namespace, head: str, n_classes: int) -> list[str]:
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        f"{head}:{n_classes}",
+        "--model",
+        args.model,
+        "--kind",
+        args.kind,
+        "--img-size",
+        str(args.img_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+    ]
+
+
+def run_child(args: argparse.Namespace, head: str, n_classes: int) -> dict[str, Any]:
+    """Run one configuration in a fresh interpreter; {"error": ...} when it fails."""
+    env = dict(os.environ)
+    env.update({var: str(args.threads) for var in THREAD_VARS})
+    proc = subprocess.run(
+        child_command(args, head, n_classes),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
+            return result
+    tail = (proc.stderr.strip().splitlines() or [f"no output (exit status {proc.returncode})"])[-1]
+    return {"head": head, "classes": n_classes, "error": f"exit {proc.returncode}: {tail}"}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(args: argparse.Namespace) -> str:
+    import timm
+    import torch
+
+    import lscindex
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"# train scaling: {args.model} at {args.img_size} px, batch {args.batch_size}, "
+        f"{args.kind} targets, AdamW; {args.threads} torch threads; median/p90 of {args.steps} "
+        f"steps after {args.warmup} warm-up; one fresh process per row and round, "
+        f"fastest of {args.rounds} round(s)\n"
+        f"# python {platform.python_version()}, torch {torch.__version__}, "
+        f"timm {timm.__version__}, lscindex {lscindex.__version__}; {cpu_name()}, "
+        f"{cpus} cpus available, "
+        f"load average {os.getloadavg()[0]:.2f} at start"
+    )
+
+
+def busy_warning(args: argparse.Namespace) -> str | None:
+    """A warning line when other processes already keep the cores busy, else None."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0]
+    if load <= max((cpus or 1) - args.threads, 0) + 0.5:
+        return None
+    return (
+        f"# WARNING: load average {load:.2f} on {cpus} cpus before the benchmark started: other "
+        f"processes compete with its {args.threads} threads, and torch's OpenMP threads then wait "
+        f"for each other at every op, so steps can run several times slower at random; compare "
+        f"rows only from a run on an idle machine (or use --rounds)"
+    )
+
+
+def short(n: int) -> str:
+    """1000 -> '1k', 600000 -> '600k', 2500 -> '2,500'."""
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return f"{n:,}"
+
+
+def ratio(num: float | None, den: float | None, digits: int = 2) -> str:
+    return f"{num / den:.{digits}f}" if num is not None and den else "n/a"
+
+
+def render(rows: list[dict[str, Any]], classes: list[int]) -> list[str]:
+    """Markdown table plus the one-line summary (largest vs smallest class count)."""
+    ok = {(r["head"], r["classes"]): r for r in rows if "error" not in r}
+    lo, hi = min(classes), max(classes)
+    base = ok.get(("lsc", lo))
+    lines = [
+        f"| classes | head | out dim | params | median step ms | p90 step ms | start RSS MiB "
+        f"| peak RSS MiB | step ÷ LSC@{short(lo)} | peak RSS ÷ LSC@{short(lo)} "
+        f"| CE step ÷ LSC step |",
+        "|" + "---:|" * 11,
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['classes']:,} | {r['head']} | failed: {r['error']} |" + " |" * 8)
+            continue
+        lsc_same = ok.get(("lsc", r["classes"]))
+        vs_lsc = (
+            ratio(r["median_ms"], lsc_same["median_ms"], 1)
+            if r["head"] == "ce" and lsc_same
+            else "—"
+        )
+        lines.append(
+            f"| {r['classes']:,} | {r['head']} | {r['out_dim']:,} | {r['params']:,} | "
+            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['start_rss_mib']:.0f} | "
+            f"{r['peak_rss_mib']:.0f} | "
+            f"{ratio(r['median_ms'], base['median_ms'] if base else None)} | "
+            f"{ratio(r['peak_rss_mib'], base['peak_rss_mib'] if base else None, 3)} | {vs_lsc} |"
+        )
+    top = ok.get(("lsc", hi))
+    ce_top = ok.get(("ce", hi))
+
+    def get(r: dict[str, Any] | None, key: str) -> float | None:
+        return r[key] if r is not None else None
+
+    lines.append("")
+    lines.append(
+        f"LSC {short(hi)}/{short(lo)} step time "
+        f"{ratio(get(top, 'median_ms'), get(base, 'median_ms'))} (target <= 1.10), "
+        f"peak RSS {ratio(get(top, 'peak_rss_mib'), get(base, 'peak_rss_mib'))} "
+        f"(target within 5%), CE/LSC step time at {short(hi)} "
+        f"{ratio(get(ce_top, 'median_ms'), get(top, 'median_ms'), 1)} (target >= 10)"
+    )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Thread pools size themselves when torch/numpy load, so fix them before any import.
+    for var in THREAD_VARS:
+        os.environ[var] = str(args.threads)
+    if args.child is not None:
+        head, _, n = args.child.partition(":")
+        result = run_config(args, head, int(n))
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+
+    print(header(args), flush=True)
+    warning = busy_warning(args)
+    if warning:
+        print(warning, flush=True)
+    configs = [(head, n_classes) for n_classes in args.classes for head in args.heads]
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for round_ in range(1, args.rounds + 1):
+        for head, n_classes in configs:
+            row = run_child(args, head, n_classes)
+            status = row.get("error") or f"{row['median_ms']:.1f} ms, {row['peak_rss_mib']:.0f} MiB"
+            print(f"# round {round_} {head} {n_classes:,}: {status}", file=sys.stderr, flush=True)
+            kept = best.get((head, n_classes))
+            if (
+                kept is None
+                or "error" in kept
+                or ("error" not in row and row["median_ms"] < kept["median_ms"])
+            ):
+                best[head, n_classes] = row
+    rows = [best[config] for config in configs]
+    print()
+    print("\n".join(render(rows, args.classes)))
+    print(f"# load average {os.getloadavg()[0]:.2f} at end", flush=True)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
