@@ -45,4 +45,3 @@ def test_create_loss_matches_the_head() -> None:
     system = VectorSystem.create("v21", 10)
     assert isinstance(create_loss("lsc", system), CosineTargetLoss)
     assert isinstance(create_loss("ce", None), CrossEntropyLoss)
-
