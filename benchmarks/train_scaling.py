@@ -219,7 +219,8 @@ def busy_warning(args: argparse.Namespace) -> str | None:
     """A warning line when other processes already keep the cores busy, else None."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0]
-    if load <= max((cpus or 1) - args.threads, 0) + 0.5:
+    # The 1-minute load average lags, so allow one busy core's worth before warning.
+    if load <= max((cpus or 1) - args.threads, 0) + 1.0:
         return None
     return (
         f"# WARNING: load average {load:.2f} on {cpus} cpus before the benchmark started: other "

@@ -355,7 +355,12 @@ def _fit(
 ) -> TrainResult:
     out = Path(config.out)
     check_backbone(config.model)
-    saved = _check_out_dir(out, resume)
+    # Only rank 0 judges (and later writes) the run directory: the other ranks would otherwise
+    # race it and find its fresh config.json.
+    if rank == 0:
+        saved = _check_out_dir(out, resume)
+    else:
+        saved = ckpt.load_run_config(out) if resume else None
 
     # -- data ----------------------------------------------------------------------------------
     splits: DatasetSplits = load_dataset(
