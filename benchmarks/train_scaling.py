@@ -13,9 +13,12 @@ softmax head's weights, gradients, Adam moments and logits all grow with it.
     python benchmarks/train_scaling.py --classes 100 2000 --steps 2 --warmup 1 \\
         --model test_resnet --batch-size 8 --img-size 32          # smoke test, ~30 s
 
-Columns: median and p90 wall time per step; start RSS is the peak after importing torch and timm,
-before anything is built (the torch runtime alone is ~0.5 GB). The ratios divide by the LSC row at
-the smallest class count; the summary line compares the largest class count with the smallest.
+Columns: median and p90 wall time per step; others' cores is how many cores other processes kept
+busy on average while that row's process ran (above ~0.2 its timings are not to be trusted: torch's
+OpenMP threads wait for each other whenever one loses its core); start RSS is the peak after
+importing torch and timm, before anything is built (the torch runtime alone is ~0.5 GB). The
+ratios divide by the LSC row at the smallest class count; the summary line compares the largest
+class count with the smallest.
 
 The CE head at 600k classes on resnet18's 512 features is 307M parameters: ~1.2 GB of weights and
 ~5 GB with gradient and Adam moments (~8 GB peak, with AdamW's temporaries), so that configuration
@@ -136,7 +139,6 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
         "p90_ms": 1000 * percentile(times, 90),
         "start_rss_mib": start_rss,
         "peak_rss_mib": peak_rss_mib(),
-        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -166,10 +168,33 @@ def child_command(args: argparse.Namespace, head: str, n_classes: int) -> list[s
     ]
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle, iowait, steal.
+    ticks = [int(v) for v in fields[1:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_child(args: argparse.Namespace, head: str, n_classes: int) -> dict[str, Any]:
-    """Run one configuration in a fresh interpreter; {"error": ...} when it fails."""
+    """Run one configuration in a fresh interpreter; {"error": ...} when it fails.
+
+    Also records ``others_cores``: the CPU cores that processes other than the child kept busy
+    on average while it ran (None where /proc/stat is missing), the measure of how far other
+    work on the machine disturbed its timings.
+    """
     env = dict(os.environ)
     env.update({var: str(args.threads) for var in THREAD_VARS})
+    busy0, child0, t0 = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
     proc = subprocess.run(
         child_command(args, head, n_classes),
         env=env,
@@ -177,9 +202,14 @@ def run_child(args: argparse.Namespace, head: str, n_classes: int) -> dict[str, 
         text=True,
         check=False,
     )
+    busy1, child1, wall = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter() - t0
+    others = None
+    if busy0 is not None and busy1 is not None:
+        others = max(0.0, (busy1 - busy0) - (child1 - child0)) / wall
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
+            result["others_cores"] = others
             return result
     tail = (proc.stderr.strip().splitlines() or [f"no output (exit status {proc.returncode})"])[-1]
     return {"head": head, "classes": n_classes, "error": f"exit {proc.returncode}: {tail}"}
@@ -215,18 +245,17 @@ def header(args: argparse.Namespace) -> str:
     )
 
 
-def busy_warning(args: argparse.Namespace) -> str | None:
-    """A warning line when other processes already keep the cores busy, else None."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0]
-    # The 1-minute load average lags, so allow one busy core's worth before warning.
-    if load <= max((cpus or 1) - args.threads, 0) + 1.0:
+def busy_warning(rows: list[dict[str, Any]], threshold: float = 0.2) -> str | None:
+    """A warning naming the rows that ran while other processes kept cores busy, else None."""
+    busy = [r for r in rows if (r.get("others_cores") or 0.0) > threshold]
+    if not busy:
         return None
+    names = ", ".join(f"{r['head']} {short(r['classes'])}" for r in busy)
+    worst = max(r["others_cores"] for r in busy)
     return (
-        f"# WARNING: load average {load:.2f} on {cpus} cpus before the benchmark started: other "
-        f"processes compete with its {args.threads} threads, and torch's OpenMP threads then wait "
-        f"for each other at every op, so steps can run several times slower at random; compare "
-        f"rows only from a run on an idle machine (or use --rounds)"
+        f"# WARNING: other processes kept up to {worst:.2f} cores busy while {names} ran; torch's "
+        f"OpenMP threads then wait for each other at every op, so those steps can be several "
+        f"times slower at random: rerun on an idle machine (or with --rounds) before comparing"
     )
 
 
@@ -249,16 +278,17 @@ def render(rows: list[dict[str, Any]], classes: list[int]) -> list[str]:
     lo, hi = min(classes), max(classes)
     base = ok.get(("lsc", lo))
     lines = [
-        f"| classes | head | out dim | params | median step ms | p90 step ms | start RSS MiB "
-        f"| peak RSS MiB | step ÷ LSC@{short(lo)} | peak RSS ÷ LSC@{short(lo)} "
-        f"| CE step ÷ LSC step |",
-        "|" + "---:|" * 11,
+        "| classes | head | out dim | params | median step ms | p90 step ms | others' cores "
+        f"| start RSS MiB | peak RSS MiB | step ÷ LSC@{short(lo)} | peak RSS ÷ LSC@{short(lo)} "
+        "| CE step ÷ LSC step |",
+        "|" + "---:|" * 12,
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['classes']:,} | {r['head']} | failed: {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['classes']:,} | {r['head']} | failed: {r['error']} |" + " |" * 9)
             continue
         lsc_same = ok.get(("lsc", r["classes"]))
+        others = "n/a" if r.get("others_cores") is None else f"{r['others_cores']:.2f}"
         vs_lsc = (
             ratio(r["median_ms"], lsc_same["median_ms"], 1)
             if r["head"] == "ce" and lsc_same
@@ -266,7 +296,7 @@ def render(rows: list[dict[str, Any]], classes: list[int]) -> list[str]:
         )
         lines.append(
             f"| {r['classes']:,} | {r['head']} | {r['out_dim']:,} | {r['params']:,} | "
-            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['start_rss_mib']:.0f} | "
+            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {others} | {r['start_rss_mib']:.0f} | "
             f"{r['peak_rss_mib']:.0f} | "
             f"{ratio(r['median_ms'], base['median_ms'] if base else None)} | "
             f"{ratio(r['peak_rss_mib'], base['peak_rss_mib'] if base else None, 3)} | {vs_lsc} |"
@@ -300,10 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(header(args), flush=True)
-    warning = busy_warning(args)
-    if warning:
-        print(warning, flush=True)
-    configs = [(head, n_classes) for n_classes in args.classes for head in args.heads]
+    classes = list(dict.fromkeys(args.classes))
+    configs = [(head, n_classes) for n_classes in classes for head in dict.fromkeys(args.heads)]
     best: dict[tuple[str, int], dict[str, Any]] = {}
     for round_ in range(1, args.rounds + 1):
         for head, n_classes in configs:
@@ -319,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
                 best[head, n_classes] = row
     rows = [best[config] for config in configs]
     print()
-    print("\n".join(render(rows, args.classes)))
+    print("\n".join(render(rows, classes)))
+    warning = busy_warning(rows)
+    if warning:
+        print(warning)
     print(f"# load average {os.getloadavg()[0]:.2f} at end", flush=True)
     return 1 if any("error" in r for r in rows) else 0
 
