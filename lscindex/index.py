@@ -60,6 +60,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def readable_rows(store: EmbeddingStore) -> np.ndarray:
+    """(count,) bool: rows whose image was embedded (``status == "ok"``), by store row."""
+    good = np.zeros(store.header.count, dtype=bool)
+    status = np.asarray(store.metadata.column("status").to_pylist(), dtype=object) == "ok"
+    good[np.asarray(store.metadata.column("row").to_numpy())[status]] = True
+    return good
+
+
+def add_store_rows(index: Any, store: EmbeddingStore, good: np.ndarray) -> None:
+    """Add the ``good`` rows of a store to an ID-mapped FAISS index, chunk by chunk (ids = rows)."""
+    for start, block in store.iter_chunks():
+        keep = good[start : start + len(block)]
+        if keep.any():
+            ids = np.arange(start, start + len(block), dtype=np.int64)[keep]
+            index.add_with_ids(np.ascontiguousarray(block[keep]), ids)
+
+
 def build_index(
     store: str | os.PathLike[str] | EmbeddingStore,
     *,
@@ -89,10 +106,8 @@ def build_index(
 
     opened = store if isinstance(store, EmbeddingStore) else open_store(store)
     path = Path(out) if out is not None else default_index_path(opened.path)
-    ok = np.flatnonzero(
-        np.asarray(opened.metadata.column("status").to_pylist(), dtype=object) == "ok"
-    )
-    rows = np.asarray(opened.metadata.column("row").to_numpy())[ok]
+    good = readable_rows(opened)
+    rows = np.flatnonzero(good)
     if len(rows) == 0:
         raise StoreError(f"store {opened.path} has no successfully embedded rows to index")
     dim = opened.header.dim
@@ -105,8 +120,6 @@ def build_index(
             f"HNSW32 or IVF<nlist>,SQ8"
         ) from None
     index = faiss.IndexIDMap2(base)
-    good = np.zeros(opened.header.count, dtype=bool)
-    good[rows] = True
     if not base.is_trained:
         sample = np.sort(np.random.default_rng(seed).permutation(rows)[:train_size])
         vectors = np.asarray(
@@ -122,11 +135,7 @@ def build_index(
                 f"cannot train {factory!r} on {len(vectors):,} vectors ({str(exc).strip()[-200:]});"
                 f" use fewer lists or a Flat/HNSW index for small stores"
             ) from None
-    for start, block in opened.iter_chunks():
-        keep = good[start : start + len(block)]
-        if keep.any():
-            ids = np.arange(start, start + len(block), dtype=np.int64)[keep]
-            index.add_with_ids(np.ascontiguousarray(block[keep]), ids)
+    add_store_rows(index, opened, good)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     faiss.write_index(index, str(tmp))

@@ -232,13 +232,8 @@ class Retriever:
 def _flat_in_memory(store: EmbeddingStore) -> Any:
     import faiss
 
+    from lscindex.index import add_store_rows, readable_rows
+
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(store.header.dim))
-    status = np.asarray(store.metadata.column("status").to_pylist(), dtype=object) == "ok"
-    for start, block in store.iter_chunks():
-        keep = status[start : start + len(block)]
-        if keep.any():
-            index.add_with_ids(
-                np.ascontiguousarray(block[keep]),
-                np.arange(start, start + len(block), dtype=np.int64)[keep],
-            )
+    add_store_rows(index, store, readable_rows(store))
     return index
