@@ -29,8 +29,8 @@ echo "== 4/5 index the store with FAISS"
 lscindex index emb.zarr --factory HNSW32
 
 echo "== 5/5 query an image of a held-out font"
-image=$(find data/glyphs/val -name '*.png' | sort | head -n 1)
-for candidate in data/glyphs/val/U+00004E/*.png; do
-  if [ -f "$candidate" ]; then image=$candidate; break; fi
-done
-lscindex query "$image"
+# An "N" from a held-out font, else the first held-out image (a glob, not a pipeline: under
+# pipefail, `find | sort | head` dies of SIGPIPE once the listing outgrows the pipe buffer).
+images=(data/glyphs/val/U+00004E/*.png)
+if [ ! -f "${images[0]}" ]; then images=(data/glyphs/val/*/*.png); fi
+lscindex query "${images[0]}"
