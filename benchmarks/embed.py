@@ -139,7 +139,7 @@ def main() -> None:
     print()
     print(
         f"fp16 embeddings array: {array:,} bytes for N*dim*2 = {n:,}*{dim}*2 = {ideal:,} "
-        f"(**{array / ideal:.3f}x**; the last chunk is stored whole); metadata parquet "
+        f"(**{array / ideal:.3f}x**, chunk files); metadata parquet "
         f"{meta:,} bytes; parquet store file {(work / 'emb.parquet').stat().st_size:,} bytes"
     )
     if not ARGS.keep:

@@ -34,6 +34,7 @@ from lscindex.store import (
     METADATA_SCHEMA,
     StoreHeader,
     StoreWriter,
+    balanced_chunk_rows,
     new_store_id,
     read_header,
     store_exists,
@@ -259,6 +260,8 @@ def build_store(
         inputs: image files, folders (recursive; ImageFolder labels) and manifests.
         out: ``*.zarr`` folder or ``*.parquet`` file.
         dtype: ``float16`` (default, half the bytes) or ``float32``.
+        chunk_rows: at most this many rows per chunk (the resume unit); the rows are spread
+            evenly over the chunks, so the last chunk is nearly full (zarr stores it whole).
         progress: called as ``progress(rows_done, rows_to_do, images_per_s)``.
 
     Returns:
@@ -297,7 +300,7 @@ def build_store(
         count=len(items),
         dim=dim,
         dtype=dtype,
-        chunk_rows=chunk_rows,
+        chunk_rows=balanced_chunk_rows(len(items), chunk_rows),
         system=opened.system.to_dict() if opened.system else None,
         run=str(opened.path),
         run_fingerprint=opened.fingerprint,

@@ -39,6 +39,7 @@ __all__ = [
     "STORE_FORMAT_VERSION",
     "EmbeddingStore",
     "StoreWriter",
+    "balanced_chunk_rows",
     "open_store",
 ]
 
@@ -96,6 +97,21 @@ class StoreHeader:
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         start = chunk * self.chunk_rows
         return start, min(start + self.chunk_rows, self.count)
+
+
+def balanced_chunk_rows(count: int, max_rows: int) -> int:
+    """Rows per chunk for ``count`` rows in chunks of at most ``max_rows``, all nearly full.
+
+    zarr stores a partial last chunk at full size, so 5,000 rows in chunks of 4,096 would take
+    the space of 8,192. Spreading the rows evenly over the same number of chunks bounds the
+    padding to fewer rows than there are chunks.
+
+    Example:
+        >>> balanced_chunk_rows(5000, 4096), balanced_chunk_rows(8192, 4096)
+        (2500, 4096)
+    """
+    n_chunks = max(1, -(-count // max_rows))
+    return max(1, -(-count // n_chunks))
 
 
 class StoreWriter:

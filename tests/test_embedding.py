@@ -21,7 +21,7 @@ from lscindex.embedding import build_store, read_image, resolve_inputs
 from lscindex.errors import DataError, InputError, StoreError
 from lscindex.index import build_index, load_index
 from lscindex.retrieval import Retriever
-from lscindex.store import open_store
+from lscindex.store import balanced_chunk_rows, open_store
 from lscindex.training import TrainConfig, fit
 
 
@@ -89,8 +89,11 @@ def test_fp16_store_size(store: Path) -> None:
         for p in (store / "embeddings").rglob("*")
         if p.is_file() and p.name != "zarr.json"
     )
-    # uncompressed fp16; zarr stores the last, partial chunk at full size (4 chunks of 32 rows)
-    assert array_bytes == 4 * 32 * 4 * 2
+    # uncompressed fp16; 108 rows in chunks of at most 32 make 4 full chunks of 27 rows (zarr
+    # would store a partial last chunk at full size: 4 * 32 rows)
+    header = open_store(store).header
+    assert (header.count, header.dim, header.chunk_rows) == (108, 4, 27)
+    assert array_bytes == 108 * 4 * 2
 
 
 def test_plain_libraries_read_every_artefact(store: Path, run_dir: Path, tmp_path: Path) -> None:
@@ -412,3 +415,17 @@ def test_unfinished_store_cannot_be_opened(
     group.attrs["lscindex"] = {**dict(group.attrs["lscindex"]), "complete": False}
     with pytest.raises(StoreError, match=r"unfinished .*run the same lscindex embed command"):
         open_store(out)
+
+
+@pytest.mark.parametrize(
+    ("count", "max_rows", "expected"),
+    [(5000, 4096, 2500), (8192, 4096, 4096), (8193, 4096, 2731), (1, 4096, 1), (100, 1, 1)],
+)
+def test_balanced_chunk_rows_pads_by_fewer_rows_than_chunks(
+    count: int, max_rows: int, expected: int
+) -> None:
+    rows = balanced_chunk_rows(count, max_rows)
+    n_chunks = -(-count // rows)
+    assert rows == expected and rows <= max_rows
+    assert n_chunks == -(-count // max_rows)  # as many chunks as plain max_rows chunks
+    assert n_chunks * rows - count < n_chunks
