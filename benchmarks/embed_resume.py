@@ -72,7 +72,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from lscindex.store import open_store
+    from lscindex.store import open_store, read_header
     from lscindex.training import TrainConfig, fit
 
     work = Path(tempfile.mkdtemp(prefix="lscindex-resume-bench-"))
@@ -126,8 +126,12 @@ def main() -> None:
         proc = subprocess.Popen(
             command(out, log), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        # a random moment: after 0.3-1.5 s of life, whatever the job is doing then
-        time.sleep(float(rng.uniform(0.3, 1.5)))
+        # a random moment while it embeds: after a random number of rows (this attempt's),
+        # anywhere within its next four chunks, so kills land at every phase of a chunk
+        target = int(rng.integers(1, 4 * args.chunk_rows))
+        deadline = time.time() + 300
+        while proc.poll() is None and rows_logged(log) < target and time.time() < deadline:
+            time.sleep(0.002)
         if proc.poll() is not None:
             shutil.rmtree(out)  # finished before the kill: start over to keep killing
             continue
@@ -135,7 +139,8 @@ def main() -> None:
         proc.wait()
         kills += 1
         committed = len(list(parts.glob("*.parquet"))) if parts.exists() else 0
-        losses.append(max(0, rows_logged(log) - (committed - before) * args.chunk_rows))
+        chunk_rows = read_header(out, allow_incomplete=True).chunk_rows
+        losses.append(rows_logged(log) - (committed - before) * chunk_rows)
         for part in parts.glob("*.parquet") if parts.exists() else []:
             try:
                 pq.read_table(part)
@@ -161,7 +166,12 @@ def main() -> None:
         f"metadata identical: {same_meta}"
     )
     shutil.rmtree(work, ignore_errors=True)
-    if not (identical and same_meta and unreadable == 0 and max(losses) <= args.chunk_rows):
+    if not (
+        identical
+        and same_meta
+        and unreadable == 0
+        and 0 <= min(losses) <= max(losses) <= args.chunk_rows
+    ):
         sys.exit(1)
 
 
