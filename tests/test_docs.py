@@ -44,6 +44,15 @@ FAST = {
     ],
     ("embed",): ["--workers", "0"],
 }
+# Benchmark scripts shown in the docs run with small settings appended (later flags win).
+FAST_SCRIPTS = {
+    "benchmarks/decode.py": "--classes 500 --queries 400 --faiss-queries 200 --repeats 1",
+    "benchmarks/train_scaling.py": "--classes 100 2000 --steps 2 --warmup 1 --model test_resnet "
+    "--batch-size 8 --rounds 1",
+    "benchmarks/embed.py": "--images 300 --model test_resnet --repeats 1 --batch-size 32 "
+    "--workers 0",
+    "benchmarks/embed_resume.py": "--images 300 --kills 2 --chunk-rows 32",
+}
 
 
 def steps(path: Path) -> list[tuple[str, str]]:
@@ -106,7 +115,8 @@ def run_shell(line: str, doc: str) -> None:
             *with_fast_flags(words[at + 1 :]),
         ]
     else:  # python examples/... or benchmarks/...: run from the project root's files
-        cmd = [sys.executable, str(ROOT / words[1]), *words[2:]]
+        fast = FAST_SCRIPTS.get(words[1], "").split()
+        cmd = [sys.executable, str(ROOT / words[1]), *words[2:], *fast]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{doc}: {line!r}\n{proc.stderr[-3000:]}"
 

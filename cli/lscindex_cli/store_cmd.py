@@ -28,7 +28,9 @@ def embed(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
     workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    chunk_rows: Annotated[int, typer.Option(help="At most this many rows per store chunk (the resume unit).")] = 4096,
+    chunk_rows: Annotated[
+        int, typer.Option(help="At most this many rows per store chunk (the resume unit).")
+    ] = 4096,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a finished or foreign store at --out.")
     ] = False,
