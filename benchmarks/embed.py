@@ -44,21 +44,11 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from _synthetic import make_untrained_run, write_random_pngs  # noqa: E402
 
 import lscindex  # noqa: E402
 from lscindex.checkpoint import open_run  # noqa: E402
 from lscindex.embedding import build_store, read_image  # noqa: E402
-from lscindex.training import TrainConfig, fit  # noqa: E402
-
-
-def make_images(root: Path, count: int, classes: int) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        folder = root / "train" / f"c{i % classes:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = (rng.random((ARGS.img_size, ARGS.img_size)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:07d}.png")
 
 
 def main() -> None:
@@ -66,20 +56,10 @@ def main() -> None:
     work = Path(ARGS.keep or tempfile.mkdtemp(prefix="lscindex-embed-bench-"))
     data, run_dir = work / "data", work / "run"
     if not data.exists():
-        make_images(data, ARGS.images, ARGS.classes)
+        rng = np.random.default_rng(0)
+        write_random_pngs(data, ARGS.images, classes=ARGS.classes, size=ARGS.img_size, rng=rng)
     if not run_dir.exists():
-        fit(
-            TrainConfig(
-                data=str(data),
-                out=str(run_dir),
-                model=ARGS.model,
-                epochs=1,
-                max_steps=1,
-                batch_size=8,
-                img_size=ARGS.img_size,
-                workers=0,
-            )
-        )
+        make_untrained_run(data, run_dir, model=ARGS.model, img_size=ARGS.img_size)
     run = open_run(run_dir, device="cpu")
     files = sorted(data.rglob("*.png"))
     print(

@@ -70,29 +70,15 @@ def main() -> None:
         return
     import numpy as np
     import pyarrow.parquet as pq
-    from PIL import Image
+    from _synthetic import make_untrained_run, write_random_pngs
 
     from lscindex.store import open_store, read_header
-    from lscindex.training import TrainConfig, fit
 
     work = Path(tempfile.mkdtemp(prefix="lscindex-resume-bench-"))
     data, run = work / "data", work / "run"
     rng = np.random.default_rng(args.seed)
-    for i in range(args.images):
-        folder = data / f"c{i % 50:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(folder / f"{i:06d}.png")
-    fit(
-        TrainConfig(
-            data=str(data),
-            out=str(run),
-            model=args.model,
-            epochs=1,
-            max_steps=1,
-            batch_size=8,
-            workers=0,
-        )
-    )
+    write_random_pngs(data, args.images, classes=50, size=32, rng=rng)
+    make_untrained_run(data, run, model=args.model)
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def command(out: Path, log: Path) -> list[str]:
