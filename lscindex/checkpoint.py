@@ -5,6 +5,7 @@ Layout of a run directory::
     config.json          model + training config, data summary, timm data config (format_version)
     classes.json         class names in label order
     model.safetensors    latest weights (what embed/query load)
+    assignment.safetensors  class -> vector table of a data-assigned run ("table", int64)
     metrics.jsonl        one JSON object per finished epoch
     curves.png           loss / accuracy curves
     checkpoints/latest.json            -> name of the newest complete checkpoint
@@ -39,10 +40,12 @@ __all__ = [
     "TrainingState",
     "atomic_write_bytes",
     "atomic_write_json",
+    "load_assignment",
     "load_run_config",
     "load_training_state",
     "load_weights",
     "run_fingerprint",
+    "save_assignment",
     "save_training_state",
     "save_weights",
 ]
@@ -51,6 +54,7 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 CLASSES = "classes.json"
 WEIGHTS = "model.safetensors"
+ASSIGNMENT = "assignment.safetensors"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 CHECKPOINTS = "checkpoints"
@@ -78,10 +82,16 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def run_fingerprint(run_dir: str | os.PathLike[str]) -> str:
-    """16 hex digits of sha256 over the run's config and weights: pairs stores with their run."""
+    """16 hex digits of sha256 over the run's config, weights and assignment table, if any.
+
+    Pairs stores and indexes with the run (and so with the targets) they were built from.
+    """
     run_dir = Path(run_dir)
     digest = hashlib.sha256()
-    for name in (CONFIG, WEIGHTS):
+    names = [CONFIG, WEIGHTS]
+    if (run_dir / ASSIGNMENT).is_file():  # runs with the codec have none: fingerprints unchanged
+        names.append(ASSIGNMENT)
+    for name in names:
         with open(run_dir / name, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
@@ -153,6 +163,7 @@ class TrainingState:
     optimizer: dict[str, Any]
     rng: dict[str, Any]
     extra: dict[str, Any]
+    assignment: np.ndarray | None = None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -208,6 +219,8 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
         for i, t in enumerate(state.rng.get("cuda", [])):
             rng_tensors[f"rng.cuda.{i}"] = t
         save_weights(tmp / WEIGHTS, state.model)
+        if state.assignment is not None:
+            save_assignment(tmp / ASSIGNMENT, state.assignment)
         save_weights(tmp / "optimizer.safetensors", {**opt_tensors, **rng_tensors})
         atomic_write_json(
             tmp / "state.json",
@@ -233,6 +246,8 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_json(root / "latest.json", {"checkpoint": name})
+    if state.assignment is not None:
+        save_assignment(run_dir / ASSIGNMENT, state.assignment)
     save_weights(
         run_dir / WEIGHTS,
         state.model,
@@ -268,7 +283,26 @@ def load_training_state(run_dir: str | os.PathLike[str]) -> TrainingState | None
         optimizer=_join_optimizer(tensors, meta["optimizer"]),
         rng=rng,
         extra=meta["extra"],
+        assignment=load_assignment(folder / ASSIGNMENT)
+        if (folder / ASSIGNMENT).is_file()
+        else None,
     )
+
+
+def save_assignment(path: str | os.PathLike[str], table: np.ndarray) -> None:
+    """Atomically save an assignment table ((n_classes,) int64) as safetensors (``"table"``)."""
+    save_weights(path, {"table": torch.from_numpy(np.asarray(table, dtype=np.int64))})
+
+
+def load_assignment(path: str | os.PathLike[str]) -> np.ndarray:
+    """The (n_classes,) int64 assignment table saved by :func:`save_assignment`."""
+    tensors = load_weights(path)
+    if set(tensors) != {"table"} or tensors["table"].dtype != torch.int64:
+        raise RunError(
+            f"{path} is not an lscindex assignment table (expected one int64 tensor 'table'); "
+            f"the run is damaged, train it again"
+        )
+    return tensors["table"].numpy()
 
 
 @dataclass
@@ -317,6 +351,7 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
         >>> run.system.dim, len(run.class_names)   # doctest: +SKIP
     """
     from lscindex.model import ModelConfig, create_eval_transform, create_model
+    from lscindex.systems import VectorSystem
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -325,6 +360,16 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model_config = ModelConfig.from_dict(config["model"])
+    system = None
+    if model_config.system is not None:
+        data_assigned = model_config.system.get("assignment") == "data"
+        if data_assigned and not (run_dir / ASSIGNMENT).is_file():
+            raise RunError(
+                f"run {run_dir} uses a data assignment but has no {ASSIGNMENT}; the run is "
+                f"incomplete or damaged, resume or retrain it"
+            )
+        table = load_assignment(run_dir / ASSIGNMENT) if data_assigned else None
+        system = VectorSystem.from_dict(model_config.system, table=table)
     model = create_model(model_config)
     weights = load_weights(run_dir / WEIGHTS)
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -342,7 +387,7 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
         path=run_dir,
         config=config,
         model=model,
-        system=model_config.vector_system,
+        system=system,
         class_names=names,
         class_keys=keys,
         transform=transform,

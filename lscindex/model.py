@@ -30,7 +30,9 @@ class ModelConfig:
         backbone: timm model name.
         head: ``"lsc"`` (projection onto fixed targets) or ``"ce"`` (learned softmax head).
         n_classes: number of classes.
-        system: :meth:`VectorSystem.to_dict` for ``head="lsc"``, else None.
+        system: :meth:`VectorSystem.to_dict` for ``head="lsc"``, else None. A data-assigned
+            system's table is not part of the config (a run keeps it in
+            ``assignment.safetensors``).
         img_size: square input side in pixels.
         in_chans: input channels (images are converted to RGB, so 3).
     """
@@ -51,14 +53,13 @@ class ModelConfig:
             raise ConfigError(f"img_size must be >= 8 pixels, got {self.img_size}")
 
     @property
-    def vector_system(self) -> VectorSystem | None:
-        return VectorSystem.from_dict(self.system) if self.system is not None else None
-
-    @property
     def out_dim(self) -> int:
         """Width of the model output: the system's dim (lsc) or n_classes (ce)."""
-        system = self.vector_system
-        return system.dim if system is not None else self.n_classes
+        if self.system is None:
+            return self.n_classes
+        # The dim does not depend on which vector each class owns: size the codec system.
+        spec = {k: v for k, v in self.system.items() if k != "assignment"}
+        return VectorSystem.from_dict(spec).dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,7 @@ from lscindex._codec import (
     rank_combinations,
     unrank_combinations,
 )
+from lscindex.assignment import TableAssignment
 from lscindex.errors import CapacityError, ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -248,7 +249,14 @@ class VectorSystem:
         [0, 1, 999]
     """
 
-    def __init__(self, spec: KindSpec, dim: int, n_classes: int, seed: int) -> None:
+    def __init__(
+        self,
+        spec: KindSpec,
+        dim: int,
+        n_classes: int,
+        seed: int,
+        table: TableAssignment | None = None,
+    ) -> None:
         self._spec = spec
         self._dim = dim
         self._n_classes = n_classes
@@ -256,8 +264,12 @@ class VectorSystem:
         self._half = math.comb(dim, spec.a) * math.comb(dim - spec.a, spec.b)
         self._n_vectors = 2 * self._half if spec.symmetric else self._half
         self._minus_count = math.comb(dim - spec.a, spec.b)
-        self._perm = FeistelPermutation(self._n_vectors, seed)
-        self._table = binomial_table(dim, max(spec.a, spec.b))
+        self._table = table
+        # class <-> vector: the seeded codec, or a data-aware table (lscindex.assignment)
+        self._perm: FeistelPermutation | TableAssignment = (
+            FeistelPermutation(self._n_vectors, seed) if table is None else table
+        )
+        self._binomials = binomial_table(dim, max(spec.a, spec.b))
         self._norm = math.sqrt(spec.a + spec.b)
         self._index_cache: dict[tuple[str, int], TargetIndex] = {}
         self._index_lock = threading.Lock()
@@ -299,22 +311,63 @@ class VectorSystem:
             )
         return cls(spec, dim, n_classes, seed)
 
+    def with_assignment(self, table: Any) -> VectorSystem:
+        """The same system with classes mapped through ``table`` instead of the seeded codec.
+
+        Args:
+            table: (n_classes,) distinct vector indices in ``[0, n_vectors)``, e.g. from
+                :func:`lscindex.assignment.match_classes`; None goes back to the codec.
+
+        Raises:
+            InputError: wrong length, repeated or out-of-range vector indices.
+        """
+        if table is None:
+            return VectorSystem(self._spec, self._dim, self._n_classes, self._seed)
+        assignment = TableAssignment(_to_numpy(table), self._n_vectors)
+        if assignment.n != self._n_classes:
+            raise InputError(
+                f"assignment table has {assignment.n:,} entries but the system has "
+                f"n_classes={self._n_classes:,}; the table belongs to another run"
+            )
+        return VectorSystem(self._spec, self._dim, self._n_classes, self._seed, assignment)
+
+    @property
+    def assignment(self) -> Literal["codec", "data"]:
+        """``"codec"`` (seeded bijection, no table) or ``"data"`` (a matched table)."""
+        return "codec" if self._table is None else "data"
+
+    @property
+    def assignment_table(self) -> np.ndarray | None:
+        """(n_classes,) int64 vector index of each class for ``"data"`` systems, else None."""
+        return None if self._table is None else self._table.table
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; :meth:`from_dict` rebuilds an equal system."""
-        return {
+        """JSON-ready dict; :meth:`from_dict` rebuilds an equal system.
+
+        A data-assigned system adds ``"assignment": "data"``; its table is stored beside the
+        dict (a run's ``assignment.safetensors``) and passed back to :meth:`from_dict`.
+        """
+        spec: dict[str, Any] = {
             "kind": self.kind,
             "dim": self.dim,
             "n_classes": self.n_classes,
             "seed": self.seed,
             "codec": CODEC_VERSION,
         }
+        if self._table is not None:
+            spec["assignment"] = "data"
+        return spec
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VectorSystem:
-        """Inverse of :meth:`to_dict`; unknown or missing keys raise :class:`ConfigError`."""
+    def from_dict(cls, data: Mapping[str, Any], *, table: Any = None) -> VectorSystem:
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise :class:`ConfigError`.
+
+        ``table`` is the assignment table of a ``"data"`` spec (required there, refused for a
+        codec spec).
+        """
         if not isinstance(data, Mapping):
             raise ConfigError(f"vector system spec must be a mapping, got {type(data).__name__}")
-        known = {"kind", "dim", "n_classes", "seed", "codec"}
+        known = {"kind", "dim", "n_classes", "seed", "codec", "assignment"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
@@ -330,9 +383,20 @@ class VectorSystem:
                 f"vector system uses codec version {codec!r} but this lscindex reads version "
                 f"{CODEC_VERSION}; upgrade lscindex"
             )
-        return cls.create(
+        system = cls.create(
             data["kind"], data["n_classes"], dim=data.get("dim"), seed=data.get("seed", 0)
         )
+        kind = data.get("assignment", "codec")
+        if kind not in ("codec", "data"):
+            raise ConfigError(f"vector system assignment must be 'codec' or 'data', got {kind!r}")
+        if kind == "data" and table is None:
+            raise ConfigError(
+                "vector system spec has a data assignment but no table was given; pass the "
+                "run's assignment table (assignment.safetensors)"
+            )
+        if kind == "codec" and table is not None:
+            raise ConfigError("vector system spec uses the codec; it takes no assignment table")
+        return system.with_assignment(table) if table is not None else system
 
     # -- attributes -----------------------------------------------------------------------------
     @property
@@ -364,20 +428,28 @@ class VectorSystem:
 
     @property
     def fingerprint(self) -> str:
-        """16 hex digits identifying the targets; stored in every artefact built from them."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """16 hex digits identifying the targets; stored in every artefact built from them.
+
+        Covers the assignment table of a data-assigned system; a codec system's fingerprint is
+        the one every earlier version gave it.
+        """
+        spec = self.to_dict()
+        if self._table is not None:
+            spec["assignment"] = self._table.sha256
+        blob = json.dumps(spec, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, VectorSystem) and self.to_dict() == other.to_dict()
+        return isinstance(other, VectorSystem) and self.fingerprint == other.fingerprint
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.dim, self.n_classes, self.seed))
+        return hash((self.kind, self.dim, self.n_classes, self.seed, self.assignment))
 
     def __repr__(self) -> str:
+        extra = ", assignment='data'" if self._table is not None else ""
         return (
             f"VectorSystem(kind={self.kind!r}, dim={self.dim}, n_classes={self.n_classes}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}{extra})"
         )
 
     # -- codec ------------------------------------------------------------------------------------
@@ -419,9 +491,9 @@ class VectorSystem:
         vids = _to_numpy(vector_ids).astype(np.int64).reshape(-1)
         negate = vids >= self._half
         base = vids - self._half * negate
-        plus = unrank_combinations(base // self._minus_count, self._spec.a, self._table)
+        plus = unrank_combinations(base // self._minus_count, self._spec.a, self._binomials)
         minus = expand_complement(
-            unrank_combinations(base % self._minus_count, self._spec.b, self._table), plus
+            unrank_combinations(base % self._minus_count, self._spec.b, self._binomials), plus
         )
         out = np.zeros((len(vids), self._dim), dtype=np.int8)
         rows = np.arange(len(vids))[:, None]
@@ -447,8 +519,8 @@ class VectorSystem:
 
     def _rank(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
         """Vector index of V^{ab} (first half) from ascending plus/minus positions."""
-        plus_rank = rank_combinations(plus, self._table)
-        minus_rank = rank_combinations(compress_complement(minus, plus), self._table)
+        plus_rank = rank_combinations(plus, self._binomials)
+        minus_rank = rank_combinations(compress_complement(minus, plus), self._binomials)
         return plus_rank * self._minus_count + minus_rank
 
     # -- decoding ---------------------------------------------------------------------------------

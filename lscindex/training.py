@@ -12,6 +12,7 @@ and resumed ends with exactly the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from lscindex import checkpoint as ckpt
+from lscindex.assignment import match_classes
 from lscindex.data import DatasetSplits, ImageDataset, collate_skipping, load_dataset
 from lscindex.errors import ConfigError, RunError
 from lscindex.losses import create_loss
@@ -43,8 +45,10 @@ from lscindex.systems import VectorSystem
 
 __all__ = ["EpochMetrics", "TrainCallbacks", "TrainConfig", "TrainResult", "fit"]
 
-# Keys of TrainConfig that define the model; --resume refuses to change them.
-ARCHITECTURE_KEYS = ("model", "head", "system", "dim", "system_seed", "img_size")
+# Keys of TrainConfig that define the model; --resume refuses to change them. The value a run
+# made before a key existed is what that run did (runs before assignments used the codec).
+ARCHITECTURE_KEYS = ("model", "head", "system", "dim", "system_seed", "img_size", "assignment")
+_BEFORE_KEY_EXISTED = {"assignment": "codec"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +66,9 @@ class TrainConfig:
     system: str = "v21"
     dim: int | None = None
     system_seed: int = 0
+    assignment: Literal["codec", "data"] = "data"
+    rematch_until: float = 0.5
+    assign_samples: int = 8
     epochs: int = 10
     batch_size: int = 128
     lr: float = 2e-3
@@ -91,6 +98,29 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0 or self.checkpoint_every < 0 or self.max_steps < 0:
             raise ConfigError("workers, checkpoint_every and max_steps must be >= 0")
+        if self.assignment not in ("codec", "data"):
+            raise ConfigError(f"assignment must be 'codec' or 'data', got {self.assignment!r}")
+        if not 0.0 <= self.rematch_until <= 1.0:
+            raise ConfigError(
+                f"rematch_until is a fraction of the epochs in [0, 1], got {self.rematch_until}"
+            )
+        if self.assign_samples < 0:
+            raise ConfigError(
+                f"assign_samples must be >= 0 (0: every training image), got {self.assign_samples}"
+            )
+
+    def rematches_after(self, epoch: int) -> bool:
+        """Whether the data assignment is re-matched after (0-based) ``epoch`` finishes.
+
+        After each of the first ``rematch_until`` of the epochs, never after the last one, so
+        the run ends on the targets it trained on last.
+        """
+        return (
+            self.head == "lsc"
+            and self.assignment == "data"
+            and epoch + 1 < self.epochs
+            and epoch + 1 <= self.rematch_until * self.epochs
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +150,7 @@ class EpochMetrics:
     skipped_images: int
     world_size: int
     global_step: int
+    reassigned: int | None = None
 
 
 @dataclass
@@ -257,10 +288,12 @@ def _check_out_dir(out: Path, resume: bool) -> dict[str, Any] | None:
 
 
 def _architecture_changes(saved: dict[str, Any], config: TrainConfig, n_classes: int) -> list[str]:
+    keys = [k for k in ARCHITECTURE_KEYS if k != "assignment" or config.head == "lsc"]
+    before = {k: saved["train"].get(k, _BEFORE_KEY_EXISTED.get(k)) for k in keys}
     changes = [
-        f"{key}: {saved['train'][key]!r} -> {getattr(config, key)!r}"
-        for key in ARCHITECTURE_KEYS
-        if saved["train"].get(key) != getattr(config, key)
+        f"{key}: {before[key]!r} -> {getattr(config, key)!r}"
+        for key in keys
+        if before[key] != getattr(config, key)
     ]
     if saved["model"]["n_classes"] != n_classes:
         changes.append(f"n_classes: {saved['model']['n_classes']} -> {n_classes}")
@@ -298,6 +331,66 @@ def _evaluate(
             totals[3] += len(labels)
     model.train()
     return totals[0], totals[1], totals[2], int(totals[3])
+
+
+def _assignment_samples(
+    samples: list[tuple[Any, int]], n_classes: int, per_class: int
+) -> list[tuple[Any, int]]:
+    """The first ``per_class`` training samples of each class (all of them for 0), by class."""
+    if per_class == 0:
+        return sorted(samples, key=lambda s: s[1])
+    taken = np.zeros(n_classes, dtype=np.int64)
+    chosen = []
+    for sample in samples:
+        if taken[sample[1]] < per_class:
+            taken[sample[1]] += 1
+            chosen.append(sample)
+    return sorted(chosen, key=lambda s: s[1])
+
+
+def _match_classes(
+    model: Encoder,
+    samples: list[tuple[Any, int]],
+    transform: Any,
+    system: VectorSystem,
+    config: TrainConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    world: int,
+    rank: int,
+) -> VectorSystem:
+    """Re-match classes to targets from the current model's class means (see lscindex.assignment).
+
+    Each rank embeds its share of ``samples`` (eval transform, no augmentation); the per-class
+    sums are all-reduced, so every rank matches the same means into the same table. The sums
+    are (n_classes, dim) float32 while matching runs (259 MB at 600k classes, 108 dims), freed
+    before training resumes; nothing per class is kept during the training steps but the table.
+    """
+    sums = torch.zeros(system.n_classes, system.dim, dtype=torch.float32, device=device)
+    loader: DataLoader[Any] = DataLoader(
+        ImageDataset(samples, transform),
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        sampler=EpochSampler(
+            len(samples), seed=0, epoch=0, rank=rank, world=world, shuffle=False, pad=False
+        ),
+        collate_fn=collate_skipping,
+        generator=torch.Generator().manual_seed(0),
+    )
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for images, labels, _, _ in loader:
+            if len(labels) == 0:
+                continue
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(images.to(device))
+            sums.index_add_(0, labels.to(device), out.float())
+    model.train(was_training)
+    if world > 1:
+        dist.all_reduce(sums)
+    table = match_classes(system, sums.cpu().numpy())
+    return system.with_assignment(table)
 
 
 def _all_sum(values: list[float], device: torch.device, world: int) -> list[float]:
@@ -385,11 +478,16 @@ def _fit(
     import timm.scheduler
 
     _seed_everything(config.seed)
+    spec = None
+    if system is not None:
+        spec = system.to_dict()
+        if config.assignment == "data":
+            spec["assignment"] = "data"
     model_config = ModelConfig(
         backbone=config.model,
         head=config.head,
         n_classes=n_classes,
-        system=system.to_dict() if system else None,
+        system=spec,
         img_size=config.img_size,
     )
     model = create_model(model_config, pretrained=config.pretrained).to(device)
@@ -422,6 +520,23 @@ def _fit(
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         start_epoch, start_step, global_step = state.epoch, state.step_in_epoch, state.global_step
+    assign_samples: list[tuple[Any, int]] = []
+    if system is not None and config.assignment == "data":
+        assign_samples = _assignment_samples(splits.train, n_classes, config.assign_samples)
+        if state is not None:
+            if state.assignment is None:
+                raise RunError(
+                    f"the checkpoint of {out} holds no assignment table but its run uses a data "
+                    f"assignment; the run is damaged, train it again into another --out"
+                )
+            system = system.with_assignment(state.assignment)
+        else:
+            # The first matching, from the untrained network: classes start on targets near
+            # where the network already puts them.
+            system = _match_classes(
+                model, assign_samples, eval_tf, system, config, device, amp_dtype, world, rank
+            )
+        loss_fn = create_loss(config.head, system)
     if rank == 0 and saved is None:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(out / ckpt.CLASSES, splits.class_names)
@@ -549,7 +664,7 @@ def _fit(
             callbacks.on_step(epoch=epoch, step=step + 1, loss=float(loss.detach()), img_per_s=rate)
             if config.checkpoint_every and global_step % config.checkpoint_every == 0 and rank == 0:
                 counters = {"loss_sum": loss_sum, "loss_count": loss_count, "skipped": skipped}
-                _save(out, model, optimizer, epoch, step + 1, global_step, counters)
+                _save(out, model, optimizer, system, epoch, step + 1, global_step, counters)
             if config.max_steps and global_step >= config.max_steps:
                 stop = True
                 break
@@ -576,18 +691,27 @@ def _fit(
             world_size=world,
             global_step=global_step,
         )
-        result.metrics.append(metrics)
         scheduler.step(epoch + 1)
+        epoch_done = not stop or step + 1 >= steps_per_epoch
+        if system is not None and epoch_done and config.rematches_after(epoch):
+            old = np.asarray(system.assignment_table)
+            system = _match_classes(
+                model, assign_samples, eval_tf, system, config, device, amp_dtype, world, rank
+            )
+            loss_fn = create_loss(config.head, system)
+            changed = int(np.count_nonzero(old != np.asarray(system.assignment_table)))
+            metrics = dataclasses.replace(metrics, reassigned=changed)
+        result.metrics.append(metrics)
         if rank == 0:
             history.append(asdict(metrics))
             ckpt.atomic_write_bytes(
                 metrics_path, "".join(json.dumps(m) + "\n" for m in history).encode()
             )
-            epoch_done = not stop or step + 1 >= steps_per_epoch
             _save(
                 out,
                 model,
                 optimizer,
+                system,
                 epoch + 1 if epoch_done else epoch,
                 0 if epoch_done else step + 1,
                 global_step,
@@ -608,6 +732,7 @@ def _save(
     out: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    system: VectorSystem | None,
     epoch: int,
     step_in_epoch: int,
     global_step: int,
@@ -623,6 +748,7 @@ def _save(
             optimizer=optimizer.state_dict(),
             rng=ckpt.capture_rng(),
             extra={"epoch_counters": counters or {}},
+            assignment=None if system is None else system.assignment_table,
         ),
     )
 

@@ -17,7 +17,7 @@ from conftest import make_image_folder
 from safetensors.numpy import load_file
 
 from lscindex import VectorSystem
-from lscindex.checkpoint import load_training_state
+from lscindex.checkpoint import load_assignment, load_training_state
 from lscindex.errors import ConfigError, DataError, RunError
 from lscindex.training import TrainConfig, fit
 
@@ -45,10 +45,14 @@ def test_lsc_run_learns_and_writes_a_complete_run_dir(image_folder: Path, tmp_pa
         "metrics.jsonl",
         "curves.png",
         "checkpoints",
+        "assignment.safetensors",
     }
     cfg = json.loads((run / "config.json").read_text())
-    system = VectorSystem.from_dict(cfg["model"]["system"])
+    assert cfg["model"]["system"]["assignment"] == "data"  # the default
+    table = load_assignment(run / "assignment.safetensors")
+    system = VectorSystem.from_dict(cfg["model"]["system"], table=table)
     assert (system.kind, system.n_classes, system.dim) == ("v21", 6, 4)
+    assert sorted(set(table.tolist())) == sorted(table.tolist())  # one-to-one
     assert cfg["train"]["model"] == "test_resnet" and cfg["format_version"] == 1
     assert json.loads((run / "classes.json").read_text()) == [f"class_{c:03d}" for c in range(6)]
     weights = load_file(run / "model.safetensors")
@@ -127,6 +131,10 @@ def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
         "1",
         "--seed",
         "3",
+        "--assignment",
+        "data",
+        "--rematch-until",
+        "0.5",
         *extra,
     ]
 
@@ -149,6 +157,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights_and_metrics(tmp_p
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(data, reference), check=True, env=env, capture_output=True)
 
+    # classes are re-matched after epoch 1, so the kills in epochs 2 and 3 resume on a table
+    # that came from a re-matching
+    assert [r["reassigned"] is not None for r in metrics_of(reference)] == [True, False, False]
     run = tmp_path / "killed"
     for kills, target in enumerate((4, 13, 22)):  # mid-epoch 1, 2 and 3
         cmd = _train_cmd(data, run, *(["--resume"] if kills else []))
@@ -171,6 +182,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights_and_metrics(tmp_p
     for key in expected:
         np.testing.assert_array_equal(final[key], expected[key], err_msg=key)
     assert metrics_of(run) == metrics_of(reference)
+    assert (run / "assignment.safetensors").read_bytes() == (
+        reference / "assignment.safetensors"
+    ).read_bytes()
 
 
 def test_resume_of_a_finished_run_trains_nothing_more(image_folder: Path, tmp_path: Path) -> None:

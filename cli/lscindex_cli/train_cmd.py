@@ -112,6 +112,20 @@ def train(
         str, typer.Option(help="Vector system kind: v21, v11, v22, v21s, ...")
     ] = "v21",
     dim: Annotated[str, typer.Option(help="Latent dim: auto (n_min) or an integer.")] = "auto",
+    assignment: Annotated[
+        str,
+        typer.Option(
+            help="Which target each class owns: data (matched to where the network puts the "
+            "class, re-matched early in training) or codec (seeded, table-free)."
+        ),
+    ] = "data",
+    rematch_until: Annotated[
+        float,
+        typer.Option(help="Re-match the data assignment after each epoch in this first share."),
+    ] = 0.5,
+    assign_samples: Annotated[
+        int, typer.Option(help="Training images per class in the class means (0: all).")
+    ] = 8,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", help="Batch size per process.")
@@ -151,6 +165,9 @@ def train(
         system=system,
         dim=None if dim == "auto" else int(dim),
         system_seed=system_seed,
+        assignment=assignment,  # type: ignore[arg-type]
+        rematch_until=rematch_until,
+        assign_samples=assign_samples,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

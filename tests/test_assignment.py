@@ -1,0 +1,162 @@
+"""lscindex.assignment: data-aware class -> target tables against brute-force references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lscindex import VectorSystem
+from lscindex.assignment import (
+    TableAssignment,
+    greedy_match,
+    match_classes,
+    nearest_candidates,
+)
+from lscindex.errors import ConfigError, InputError
+
+
+def sequential_greedy(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The textbook greedy: pairs by (-score, class, vector), take when both are still free."""
+    pairs = sorted(
+        (-float(scores[c, j]), c, int(ids[c, j]))
+        for c in range(ids.shape[0])
+        for j in range(ids.shape[1])
+        if np.isfinite(scores[c, j])
+    )
+    table = np.full(ids.shape[0], -1)
+    used: set[int] = set()
+    for _, c, v in pairs:
+        if table[c] < 0 and v not in used:
+            table[c] = v
+            used.add(v)
+    return table
+
+
+def full_matrix_greedy(system: VectorSystem, means: np.ndarray) -> np.ndarray:
+    """Greedy over every (class, vector) pair of the materialised system."""
+    vectors = system.vectors(np.arange(system.n_vectors)).astype(np.float64)
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+    sims = unit @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    ids = np.broadcast_to(np.arange(system.n_vectors), sims.shape)
+    return sequential_greedy(ids, sims)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_greedy_match_equals_the_sequential_greedy_ties_included(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_classes, width, n_vectors = rng.integers(2, 30), rng.integers(1, 6), rng.integers(30, 60)
+    ids = np.stack([rng.choice(n_vectors, width, replace=False) for _ in range(n_classes)])
+    scores = rng.integers(0, 4, size=(n_classes, width)).astype(np.float32)  # many exact ties
+    scores[rng.random(scores.shape) < 0.1] = -np.inf  # some missing candidates
+    table, got = greedy_match(ids, scores)
+    np.testing.assert_array_equal(table, sequential_greedy(ids, scores))
+    matched = table >= 0
+    chosen = scores[np.arange(n_classes), (ids == table[:, None]).argmax(1)]
+    assert (got[matched] == chosen[matched]).all()
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), [("v21", 40), ("v11", 25), ("v22", 60)])
+def test_full_enumeration_equals_the_full_matrix_greedy(kind: str, n_classes: int) -> None:
+    system = VectorSystem.create(kind, n_classes)
+    means = np.random.default_rng(1).standard_normal((n_classes, system.dim)).astype(np.float32)
+    table = match_classes(system, means, candidates=system.n_vectors)
+    np.testing.assert_array_equal(table, full_matrix_greedy(system, means))
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), [("v21", 640), ("v22", 400), ("v21s", 500)])
+def test_match_is_one_to_one_deterministic_and_close_to_the_full_greedy(
+    kind: str, n_classes: int
+) -> None:
+    system = VectorSystem.create(kind, n_classes)
+    rng = np.random.default_rng(2)
+    means = rng.standard_normal((n_classes, system.dim)).astype(np.float32)
+    table = match_classes(system, means)
+    assert table.shape == (n_classes,) and table.dtype == np.int64
+    assert len(np.unique(table)) == n_classes
+    assert table.min() >= 0 and table.max() < system.n_vectors
+    np.testing.assert_array_equal(table, match_classes(system, means.copy()))
+    # leftovers (classes whose nearest candidates all went to others) are matched among the
+    # free vectors, not arbitrarily: the mean cosine is within 2% of the exhaustive greedy's
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def mean_cos(t: np.ndarray) -> float:
+        return float((unit * system.with_assignment(t).targets(np.arange(n_classes))).sum(1).mean())
+
+    reference = full_matrix_greedy(system, means)
+    first_round, _ = greedy_match(*nearest_candidates(system, means))
+    assert (first_round < 0).any()  # so leftovers were matched in a later round
+    assert mean_cos(table) >= 0.98 * mean_cos(reference)
+    # and far better than the codec's random assignment
+    assert mean_cos(table) > mean_cos(system.vector_ids(np.arange(n_classes))) + 0.3
+
+
+def test_classes_without_samples_get_free_vectors() -> None:
+    system = VectorSystem.create("v21", 200)
+    means = np.random.default_rng(3).standard_normal((200, system.dim)).astype(np.float32)
+    means[[5, 17, 150]] = 0.0
+    table = match_classes(system, means)
+    assert len(np.unique(table)) == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "n_classes", "dim"), [("v21", 2000, None), ("v21s", 900, None), ("v21", 300, 20)]
+)
+@pytest.mark.parametrize("k", [1, 5])
+def test_decode_equals_brute_force_nearest_assigned_target(
+    kind: str, n_classes: int, dim: int | None, k: int
+) -> None:
+    base = VectorSystem.create(kind, n_classes, dim=dim)
+    rng = np.random.default_rng(4)
+    system = base.with_assignment(
+        match_classes(base, rng.standard_normal((n_classes, base.dim)).astype(np.float32))
+    )
+    e = rng.standard_normal((500, base.dim)).astype(np.float32)
+    targets = system.targets(np.arange(n_classes)).astype(np.float64)
+    sims = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float64) @ targets.T
+    expected = -np.sort(-sims, axis=1)[:, :k]
+    for method in ("analytic", "index"):
+        out = system.decode(e, k=k, method=method)
+        got = np.take_along_axis(sims, out.ids, axis=1)
+        np.testing.assert_allclose(got, expected, atol=1e-5)  # exact ties may swap ids
+        np.testing.assert_allclose(out.scores, expected, atol=1e-5)
+    # novelty: the nearest vector of the whole system is owned by no class
+    nearest, _ = system.nearest_vectors(e, k=1)
+    np.testing.assert_array_equal(
+        system.decode(e, k=1).novel, ~np.isin(nearest[:, 0], system.assignment_table)
+    )
+
+
+def test_table_round_trips_and_changes_the_fingerprint() -> None:
+    codec = VectorSystem.create("v21", 100)
+    table = np.random.default_rng(5).permutation(codec.n_vectors)[:100]
+    data = codec.with_assignment(table)
+    assert data.assignment == "data" and codec.assignment == "codec"
+    np.testing.assert_array_equal(data.vector_ids(np.arange(100)), table)
+    np.testing.assert_array_equal(data.class_ids(table), np.arange(100))
+    unowned = np.setdiff1d(np.arange(codec.n_vectors), table)
+    assert (data.class_ids(unowned) == -1).all()
+    assert data.to_dict() == {**codec.to_dict(), "assignment": "data"}
+    assert data.fingerprint != codec.fingerprint
+    assert codec.with_assignment(np.roll(table, 1)).fingerprint != data.fingerprint
+    assert VectorSystem.from_dict(data.to_dict(), table=table) == data
+    assert data.with_assignment(None) == codec
+
+
+def test_bad_tables_are_refused_by_name() -> None:
+    system = VectorSystem.create("v21", 10)
+    with pytest.raises(InputError, match="more than one class"):
+        system.with_assignment([0, 1, 2, 3, 4, 5, 6, 7, 8, 8])
+    with pytest.raises(InputError, match=r"vector index 12, outside the system's \[0, 12\)"):
+        system.with_assignment([0, 1, 2, 3, 4, 5, 6, 7, 8, 12])
+    with pytest.raises(InputError, match="has 3 entries but the system has n_classes=10"):
+        system.with_assignment([0, 1, 2])
+    with pytest.raises(InputError, match="1-D integer array"):
+        TableAssignment(np.zeros((2, 2), dtype=np.int64), 10)
+    with pytest.raises(ConfigError, match="no table was given"):
+        VectorSystem.from_dict({**system.to_dict(), "assignment": "data"})
+    with pytest.raises(ConfigError, match="takes no assignment table"):
+        VectorSystem.from_dict(system.to_dict(), table=np.arange(10))
+    with pytest.raises(InputError, match=r"must be \(n_classes, dim\)"):
+        match_classes(system, np.zeros((3, system.dim)))
+    with pytest.raises(InputError, match="NaN"):
+        match_classes(system, np.full((10, system.dim), np.nan))
