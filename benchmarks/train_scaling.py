@@ -13,6 +13,11 @@ softmax head's weights, gradients, Adam moments and logits all grow with it.
     python benchmarks/train_scaling.py --classes 100 2000 --steps 2 --warmup 1 \\
         --model test_resnet --batch-size 8 --img-size 32          # smoke test, ~30 s
 
+With the data assignment (the training default) each LSC configuration matches its classes to
+targets twice, from synthetic class means: before the first step and again after the warm-up
+steps, as training does between epochs; "matching s" is the slower of the two, and the peak RSS
+includes the (n_classes, dim) float32 class-mean sums, the matching's candidates and the table.
+
 Columns: median and p90 wall time per step; others' cores is how many cores other processes kept
 busy on average while that row's process ran (above ~0.2 its timings are not to be trusted: torch's
 OpenMP threads wait for each other whenever one loses its core); start RSS is the peak after
@@ -36,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 RESULT_PREFIX = "TRAIN_SCALING_RESULT "
@@ -48,6 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", nargs="+", choices=["lsc", "ce"], default=["lsc", "ce"])
     parser.add_argument("--model", default="resnet18", help="timm backbone name")
     parser.add_argument("--kind", default="v21", help="vector system kind for the lsc head")
+    parser.add_argument(
+        "--assignment",
+        choices=["data", "codec"],
+        default="data",
+        help="lsc class->target assignment (data, the training default, matches classes twice: "
+        "before the first step and after the warm-up steps, as training does between epochs)",
+    )
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
@@ -87,18 +100,46 @@ def percentile(values: list[float], q: float) -> float:
 # -- child: one configuration ---------------------------------------------------------------------
 def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str, Any]:
     """Build model, loss and optimizer for one configuration and time its training steps."""
+    import numpy as np
     import torch
 
     torch.set_num_threads(args.threads)
     import timm.optim
 
     from lscindex import VectorSystem
+    from lscindex.assignment import match_classes
     from lscindex.losses import create_loss
     from lscindex.model import ModelConfig, create_model
 
     start_rss = peak_rss_mib()
     torch.manual_seed(args.seed)
     system = VectorSystem.create(args.kind, n_classes) if head == "lsc" else None
+    assign_s: list[float] = []
+
+    def rematch(system: VectorSystem) -> VectorSystem:
+        # What training does: class means block by block (here synthetic, a fixed function of
+        # the class id), their candidates and the table; only the table stays for the steps.
+        block = 1 << 16
+
+        def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for start in range(0, len(class_ids), block):
+                ids = class_ids[start : start + block]
+                means = np.empty((len(ids), system.dim), dtype=np.float32)
+                for first in np.unique(ids // block) * block:
+                    rng = np.random.default_rng([args.seed, int(first)])
+                    rows = rng.standard_normal((block, system.dim), dtype=np.float32)
+                    inside = (ids >= first) & (ids < first + block)
+                    means[inside] = rows[ids[inside] - first]
+                yield ids, means
+
+        t0 = time.perf_counter()
+        table = match_classes(system, class_means, current=system.assignment_table)
+        assign_s.append(time.perf_counter() - t0)
+        return system.with_assignment(table)
+
+    generator = torch.Generator().manual_seed(args.seed)
+    if system is not None and args.assignment == "data":
+        system = rematch(system)
     config = ModelConfig(
         backbone=args.model,
         head=head,  # type: ignore[arg-type]
@@ -111,7 +152,6 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
     loss_fn = create_loss(head, system)
     optimizer = timm.optim.create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
     params = sum(p.numel() for p in model.parameters())
-    generator = torch.Generator().manual_seed(args.seed)
     shape = (args.batch_size, 3, args.img_size, args.img_size)
 
     times = []
@@ -129,6 +169,9 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
             raise RuntimeError(f"non-finite loss {float(loss)} at step {i} ({head}, {n_classes})")
         if i >= args.warmup:
             times.append(elapsed)
+        if i + 1 == args.warmup and system is not None and args.assignment == "data":
+            system = rematch(system)
+            loss_fn = create_loss(head, system)
 
     return {
         "head": head,
@@ -139,6 +182,7 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
         "p90_ms": 1000 * percentile(times, 90),
         "start_rss_mib": start_rss,
         "peak_rss_mib": peak_rss_mib(),
+        "assign_s": max(assign_s) if assign_s else None,
     }
 
 
@@ -153,6 +197,8 @@ def child_command(args: argparse.Namespace, head: str, n_classes: int) -> list[s
         args.model,
         "--kind",
         args.kind,
+        "--assignment",
+        args.assignment,
         "--img-size",
         str(args.img_size),
         "--batch-size",
@@ -235,7 +281,8 @@ def header(args: argparse.Namespace) -> str:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"# train scaling: {args.model} at {args.img_size} px, batch {args.batch_size}, "
-        f"{args.kind} targets, AdamW; {args.threads} torch threads; median/p90 of {args.steps} "
+        f"{args.kind} targets ({args.assignment} assignment), AdamW; {args.threads} torch "
+        f"threads; median/p90 of {args.steps} "
         f"steps after {args.warmup} warm-up; one fresh process per row and round, "
         f"fastest of {args.rounds} round(s)\n"
         f"# python {platform.python_version()}, torch {torch.__version__}, "
@@ -280,12 +327,12 @@ def render(rows: list[dict[str, Any]], classes: list[int]) -> list[str]:
     lines = [
         "| classes | head | out dim | params | median step ms | p90 step ms | others' cores "
         f"| start RSS MiB | peak RSS MiB | step ÷ LSC@{short(lo)} | peak RSS ÷ LSC@{short(lo)} "
-        "| CE step ÷ LSC step |",
-        "|" + "---:|" * 12,
+        "| CE step ÷ LSC step | matching s |",
+        "|" + "---:|" * 13,
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['classes']:,} | {r['head']} | failed: {r['error']} |" + " |" * 9)
+            lines.append(f"| {r['classes']:,} | {r['head']} | failed: {r['error']} |" + " |" * 10)
             continue
         lsc_same = ok.get(("lsc", r["classes"]))
         others = "n/a" if r.get("others_cores") is None else f"{r['others_cores']:.2f}"
@@ -299,7 +346,8 @@ def render(rows: list[dict[str, Any]], classes: list[int]) -> list[str]:
             f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {others} | {r['start_rss_mib']:.0f} | "
             f"{r['peak_rss_mib']:.0f} | "
             f"{ratio(r['median_ms'], base['median_ms'] if base else None)} | "
-            f"{ratio(r['peak_rss_mib'], base['peak_rss_mib'] if base else None, 3)} | {vs_lsc} |"
+            f"{ratio(r['peak_rss_mib'], base['peak_rss_mib'] if base else None, 3)} | {vs_lsc} | "
+            f"{'—' if r.get('assign_s') is None else format(r['assign_s'], '.2f')} |"
         )
     top = ok.get(("lsc", hi))
     ce_top = ok.get(("ce", hi))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lscindex.assignment import match_classes
 from lscindex.errors import (
     CapacityError,
     ConfigError,
@@ -105,6 +106,7 @@ __all__ = [
     "count_vectors",
     "fit",
     "load_index",
+    "match_classes",
     "n_min",
     "open_run",
     "open_store",

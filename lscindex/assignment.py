@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,15 +41,23 @@ from lscindex.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from lscindex.systems import VectorSystem
 
-__all__ = ["TableAssignment", "greedy_match", "match_classes", "nearest_candidates"]
+__all__ = [
+    "MeanSource",
+    "TableAssignment",
+    "array_source",
+    "greedy_match",
+    "match_classes",
+    "nearest_candidates",
+    "table_sha256",
+]
 
 # Candidates enumerated per class; leftover classes go round again with this many times more.
-DEFAULT_CANDIDATES = 16
+DEFAULT_CANDIDATES = 8
 _GROWTH = 8
-_CHUNK_SCORES = 1 << 24
-# Systems up to this many vectors list their free vectors for the leftovers (16 MB of flags);
-# larger ones enumerate up to _MAX_ENUMERATED candidates per leftover class.
-_MAX_FREE_SEARCH = 1 << 24
+_CHUNK_SCORES = 1 << 21  # scores held per enumeration/search chunk (8 MB)
+# Leftovers are searched among the listed free vectors when these take at most this many bytes
+# (near n_min); otherwise each enumerates up to _MAX_ENUMERATED of its nearest vectors.
+_MAX_FREE_BYTES = 64 << 20
 _MAX_ENUMERATED = 1024
 _MAX_ENUMERATED_ALL = 4096  # the most VectorSystem.nearest_vectors gives
 
@@ -102,8 +111,13 @@ class TableAssignment:
 
     @property
     def sha256(self) -> str:
-        """16 hex digits identifying the table (little-endian int64 bytes)."""
-        return hashlib.sha256(self.table.astype("<i8").tobytes()).hexdigest()[:16]
+        """16 hex digits identifying the table (see :func:`table_sha256`)."""
+        return table_sha256(self.table)
+
+
+def table_sha256(table: np.ndarray) -> str:
+    """16 hex digits of sha256 over a table's little-endian int64 bytes."""
+    return hashlib.sha256(np.asarray(table).astype("<i8").tobytes()).hexdigest()[:16]
 
 
 def nearest_candidates(
@@ -143,13 +157,15 @@ def greedy_match(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy one-to-one matching of classes to candidate vectors, best cosine first.
 
-    Exactly the sequential greedy (take the best remaining (class, vector) pair, drop its class
-    and vector, repeat; ties by class id, then vector id), computed in rounds: every pair that is
-    the best remaining one for both its class and its vector is one the sequential greedy takes,
-    so each round takes all of them at once.
+    The result is the sequential greedy's (take the best remaining (class, vector) pair, drop
+    its class and vector, repeat; ties by class id, then vector id). It is computed as deferred
+    acceptance -- each unmatched class proposes its next candidate, each vector keeps its best
+    proposer so far -- whose result under one strict order of all pairs is the unique stable
+    matching, which is the greedy one. Memory stays O(K x C) with small constants: nothing
+    ``n_classes x n_vectors`` and no global sort of all pairs.
 
     Args:
-        candidate_ids: (K, C) int64 vector ids per class.
+        candidate_ids: (K, C) integer vector ids per class.
         candidate_scores: (K, C) float cosines; ``-inf`` marks no candidate.
 
     Returns:
@@ -157,128 +173,243 @@ def greedy_match(
         the (K,) float32 cosine each matched class got (``-inf`` where unmatched).
     """
     n_classes, width = candidate_ids.shape
-    classes = np.repeat(np.arange(n_classes, dtype=np.int64), width)
-    vids = candidate_ids.reshape(-1)
-    scores = np.asarray(candidate_scores, dtype=np.float64).reshape(-1)
-    keep = np.isfinite(scores)
-    classes, vids, scores = classes[keep], vids[keep], scores[keep]
-    # Pairs in global greedy order; a pair's position is its rank.
-    order = np.lexsort((vids, classes, -scores))
-    classes, scores = classes[order], scores[order]
-    unique_vids, vslot = np.unique(vids[order], return_inverse=True)
     table = np.full(n_classes, -1, dtype=np.int64)
     got = np.full(n_classes, -np.inf, dtype=np.float32)
-    used = np.zeros(len(unique_vids), dtype=bool)
-    alive = np.arange(len(classes))
-    sentinel = len(classes)
-    while alive.size:
-        c, v = classes[alive], vslot[alive]
-        best_c = np.full(n_classes, sentinel, dtype=np.int64)
-        best_v = np.full(len(unique_vids), sentinel, dtype=np.int64)
-        np.minimum.at(best_c, c, alive)
-        np.minimum.at(best_v, v, alive)
-        win = (best_c[c] == alive) & (best_v[v] == alive)
-        table[c[win]] = unique_vids[v[win]]
-        got[c[win]] = scores[alive[win]]
-        used[v[win]] = True
-        alive = alive[(table[c] < 0) & ~used[v]]
+    if n_classes == 0 or width == 0:
+        return table, got
+    # Each class's preference: score descending, then vector id ascending.
+    scores = np.asarray(candidate_scores, dtype=np.float32)
+    order = np.lexsort((candidate_ids, -scores), axis=1)
+    ids = np.take_along_axis(candidate_ids, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    del order
+    # Vector ids as dense slots (vectors are few near n_min; compress otherwise).
+    if int(ids.max()) < 8 * ids.size + 1024:
+        slots, slot_vids = ids, None
+    else:
+        slot_vids, inverse = np.unique(ids, return_inverse=True)
+        slots = inverse.reshape(ids.shape)
+    holder = np.full(int(slots.max()) + 1, -1, dtype=np.int64)  # class holding each vector
+    pointer = np.zeros(n_classes, dtype=np.int64)  # each class's current candidate
+    proposers = np.arange(n_classes, dtype=np.int64)
+    while proposers.size:
+        live = pointer[proposers] < width
+        proposers = proposers[live]
+        live = np.isfinite(scores[proposers, pointer[proposers]])
+        proposers = proposers[live]
+        if proposers.size == 0:
+            break
+        slot = slots[proposers, pointer[proposers]]
+        score = scores[proposers, pointer[proposers]]
+        # best proposal per vector: score descending, then class id ascending
+        by_vector = np.lexsort((proposers, -score, slot))
+        slot, score, cls = slot[by_vector], score[by_vector], proposers[by_vector]
+        first = np.ones(len(slot), dtype=bool)
+        first[1:] = slot[1:] != slot[:-1]
+        slot, score, cls = slot[first], score[first], cls[first]
+        held = holder[slot]
+        held_score = np.where(held >= 0, scores[held, pointer[np.maximum(held, 0)]], -np.inf)
+        wins = (score > held_score) | ((score == held_score) & (cls < held))
+        winners = cls[wins]
+        bumped = held[wins & (held >= 0)]
+        holder[slot[wins]] = winners
+        rejected = np.ones(n_classes, dtype=bool)
+        rejected[winners] = False
+        losers = proposers[rejected[proposers]]
+        pointer[losers] += 1
+        pointer[bumped] += 1
+        proposers = np.concatenate([losers, bumped])
+    matched = np.flatnonzero(holder >= 0)
+    owners = holder[matched]
+    table[owners] = matched if slot_vids is None else slot_vids[matched]
+    got[owners] = scores[owners, pointer[owners]]
     return table, got
+
+
+MeanSource = Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]]
+"""``source(class_ids)`` yields ``(ids, means)`` blocks covering the ascending ``class_ids``:
+ids (B,) int64 and means (B, dim) float32 (all-zero rows for classes without samples)."""
+
+
+def array_source(means: np.ndarray, *, block: int = 1 << 16) -> MeanSource:
+    """A :data:`MeanSource` over class means held in memory."""
+
+    def source(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(class_ids), block):
+            ids = class_ids[start : start + block]
+            yield ids, means[ids]
+
+    return source
 
 
 def match_classes(
     system: VectorSystem,
-    means: np.ndarray,
+    means: np.ndarray | MeanSource,
     *,
     candidates: int = DEFAULT_CANDIDATES,
+    current: np.ndarray | None = None,
+    margin: float = 0.0,
 ) -> np.ndarray:
     """Data-aware assignment: each class to a distinct vector near its mean embedding.
 
     Greedy over each class's ``candidates`` nearest vectors (:func:`greedy_match`); classes whose
-    candidates all went to others are matched again among the vectors still free (exact FAISS
-    search over the free vectors near n_min, deeper enumeration far above it); classes never seen
+    candidates all went to others are matched again among the vectors still free (exact search
+    over the free vectors near n_min, deeper enumeration far above it); classes never seen
     take the lowest free vector ids.
 
     Args:
         system: the system to match into.
-        means: (n_classes, dim) float class means (sums work too: only directions matter);
-            all-zero rows for classes without samples.
+        means: (n_classes, dim) float class means (sums work too: only directions matter),
+            all-zero rows for classes without samples; or a :data:`MeanSource` that computes
+            them block by block, so that at no time are all of them in memory (training passes
+            one; it is asked once for every class and once more for the leftovers).
         candidates: nearest vectors enumerated per class in the first round.
+        current: (n_classes,) the table in use, when re-matching during training.
+        margin: with ``current``, a class's current vector scores this much above its cosine,
+            so a class moves only to a vector that is closer by more than ``margin`` (every move
+            costs the network what it learned for that class).
 
     Returns:
         (n_classes,) int64 table of distinct vector ids, for :meth:`VectorSystem.with_assignment`.
         Deterministic: the same means give the same table.
 
     Raises:
-        InputError: ``means`` not (n_classes, dim), or holding NaN/inf.
+        InputError: means not (n_classes, dim), or holding NaN/inf.
+
+    Memory: ``candidates x n_classes`` ids and scores (8 x 600k x 12 B = 58 MB at the default),
+    one block of means, and the leftovers' means.
     """
-    means = np.asarray(means, dtype=np.float32)
-    if means.shape != (system.n_classes, system.dim):
-        raise InputError(
-            f"class means must be (n_classes, dim) = ({system.n_classes}, {system.dim}), got "
-            f"shape {means.shape}"
-        )
-    if not np.isfinite(means).all():
-        raise InputError("class means contain NaN or inf; check the model output")
     if candidates < 1:
         raise ConfigError(f"candidates must be >= 1, got {candidates}")
-    ids, scores = nearest_candidates(system, means, candidates)
+    if callable(means):
+        source = means
+    else:
+        means = np.asarray(means, dtype=np.float32)
+        if means.shape != (system.n_classes, system.dim):
+            raise InputError(
+                f"class means must be (n_classes, dim) = ({system.n_classes}, {system.dim}), "
+                f"got shape {means.shape}"
+            )
+        source = array_source(means)
+    every = np.arange(system.n_classes, dtype=np.int64)
+    width = candidates + (current is not None)
+    ids = np.zeros((system.n_classes, width), dtype=_id_dtype(system))
+    scores = np.full((system.n_classes, width), -np.inf, dtype=np.float32)
+    seen = np.zeros(system.n_classes, dtype=bool)
+    for block, block_means in _checked(source(every), system):
+        seen[block] = np.abs(block_means).sum(axis=1) > 0
+        found, cos = nearest_candidates(system, block_means, candidates)
+        if current is not None:
+            # the current vector as one more candidate, with the margin added to its cosine
+            kept = np.asarray(current, dtype=np.int64)[block]
+            cos[found == kept[:, None]] = -np.inf
+            ids[block, -1] = kept
+            scores[block, -1] = _cosines(system, block_means, kept) + np.float32(margin)
+        ids[block, : found.shape[1]], scores[block, : found.shape[1]] = found, cos
     table, _ = greedy_match(ids, scores)
-    seen = np.abs(means).sum(axis=1) > 0
-    if ((table < 0) & seen).any():
-        if system.n_vectors <= _MAX_FREE_SEARCH:
-            _match_leftovers_exact(system, means, table, candidates)
-        else:
-            _match_leftovers_enumerated(system, means, table, candidates)
+    del ids, scores
+    left = np.flatnonzero((table < 0) & seen)
+    if left.size:
+        left_means = np.concatenate([m for _, m in _checked(source(left), system)])
+        if not _match_leftovers_exact(system, left_means, left, table, candidates):
+            _match_leftovers_enumerated(system, left_means, left, table, candidates)
     _fill_free(table, system.n_vectors)
     return table
 
 
-def _match_leftovers_exact(
-    system: VectorSystem, means: np.ndarray, table: np.ndarray, candidates: int
-) -> None:
-    """Match the still unmatched classes among the free vectors, found by exact FAISS search.
+def _id_dtype(system: VectorSystem) -> type[np.signedinteger[Any]]:
+    return np.int32 if system.n_vectors < 2**31 else np.int64
 
-    Used where the system is small enough to list its free vectors (near n_min, where free
-    vectors are few and enumeration from the means would have to walk past many taken ones).
+
+def _checked(
+    blocks: Iterator[tuple[np.ndarray, np.ndarray]], system: VectorSystem
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for ids, means in blocks:
+        means = np.asarray(means, dtype=np.float32)
+        if means.shape != (len(ids), system.dim):
+            raise InputError(
+                f"class means block has shape {means.shape}, expected ({len(ids)}, {system.dim})"
+            )
+        if not np.isfinite(means).all():
+            raise InputError("class means contain NaN or inf; check the model output")
+        yield np.asarray(ids, dtype=np.int64), means
+
+
+def _cosines(system: VectorSystem, means: np.ndarray, vector_ids: np.ndarray) -> np.ndarray:
+    """(K,) float32 cosine of each mean with the vector of the same row (-inf for zero means)."""
+    out = np.full(len(means), -np.inf, dtype=np.float32)
+    for start in range(0, len(means), 1 << 16):
+        m = means[start : start + (1 << 16)]
+        v = system.vectors(vector_ids[start : start + (1 << 16)]).astype(np.float32)
+        norms = np.linalg.norm(m, axis=1) * np.linalg.norm(v, axis=1)
+        cos = (m * v).sum(axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+        out[start : start + len(m)] = np.where(norms > 0, cos, -np.inf)
+    return out
+
+
+def _match_leftovers_exact(
+    system: VectorSystem,
+    means: np.ndarray,
+    classes: np.ndarray,
+    table: np.ndarray,
+    candidates: int,
+) -> bool:
+    """Match the unmatched ``classes`` (with ``means``) among the free vectors by exact search.
+
+    Near n_min the free vectors are few and enumeration from the means would walk past many
+    taken ones, so they are listed and searched directly (blocked matrix products). Returns
+    False, doing nothing, when the free vectors would take more than ``_MAX_FREE_BYTES``.
     """
-    import faiss
+    if (system.n_vectors - np.count_nonzero(table >= 0)) * system.dim * 4 > _MAX_FREE_BYTES:
+        return False
+    import torch
 
     free = np.ones(system.n_vectors, dtype=bool)
     free[table[table >= 0]] = False
-    seen = np.abs(means).sum(axis=1) > 0
+    free_ids = np.flatnonzero(free)
+    vectors = system.vectors(free_ids).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = means / np.linalg.norm(means, axis=1, keepdims=True)
     while True:
-        left = np.flatnonzero((table < 0) & seen)
-        free_ids = np.flatnonzero(free)
-        if left.size == 0 or free_ids.size == 0:
-            return
-        index = faiss.IndexFlatIP(system.dim)
-        for start in range(0, len(free_ids), 1 << 16):
-            block = system.vectors(free_ids[start : start + (1 << 16)]).astype(np.float32)
-            index.add(block / np.linalg.norm(block, axis=1, keepdims=True))
-        query = means[left] / np.linalg.norm(means[left], axis=1, keepdims=True)
-        scores, slots = index.search(np.ascontiguousarray(query), min(candidates, len(free_ids)))
-        sub, _ = greedy_match(free_ids[np.maximum(slots, 0)], np.where(slots < 0, -np.inf, scores))
-        table[left] = sub
+        pending = np.flatnonzero(table[classes] < 0)
+        slots = np.flatnonzero(free[free_ids])
+        if pending.size == 0 or slots.size == 0:
+            return True
+        width = min(_GROWTH * candidates, slots.size)
+        ids = np.empty((pending.size, width), dtype=np.int64)
+        scores = np.empty((pending.size, width), dtype=np.float32)
+        rows = max(1, _CHUNK_SCORES // slots.size)
+        candidates_t = torch.from_numpy(vectors[slots])
+        for start in range(0, pending.size, rows):
+            sims = torch.from_numpy(unit[pending[start : start + rows]]) @ candidates_t.T
+            top = sims.topk(width, dim=1)  # torch: far faster than numpy's argpartition here
+            ids[start : start + rows] = free_ids[slots[top.indices.numpy()]]
+            scores[start : start + rows] = top.values.numpy()
+        sub, _ = greedy_match(ids, scores)
+        table[classes[pending]] = sub
         free[sub[sub >= 0]] = False
 
 
 def _match_leftovers_enumerated(
-    system: VectorSystem, means: np.ndarray, table: np.ndarray, candidates: int
+    system: VectorSystem,
+    means: np.ndarray,
+    classes: np.ndarray,
+    table: np.ndarray,
+    candidates: int,
 ) -> None:
-    """Match the still unmatched classes by enumerating more of their nearest vectors.
+    """Match the unmatched ``classes`` by enumerating more of their nearest vectors.
 
     For systems far above n_min, where most vectors are free and a few more candidates suffice.
     """
-    seen = np.abs(means).sum(axis=1) > 0
     width = candidates
     while width < _MAX_ENUMERATED:
-        left = np.flatnonzero((table < 0) & seen)
-        if left.size == 0:
+        pending = np.flatnonzero(table[classes] < 0)
+        if pending.size == 0:
             return
         width = min(width * _GROWTH, _MAX_ENUMERATED)
-        ids, scores = nearest_candidates(system, means[left], width)
+        ids, scores = nearest_candidates(system, means[pending], width)
         scores[np.isin(ids, table[table >= 0])] = -np.inf
-        table[left], _ = greedy_match(ids, scores)
+        table[classes[pending]], _ = greedy_match(ids, scores)
 
 
 def _fill_free(table: np.ndarray, n_vectors: int) -> None:

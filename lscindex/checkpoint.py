@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from lscindex._io import _DIR_MODE, _fsync_dir, atomic_write_bytes, atomic_write_json
+from lscindex.assignment import table_sha256
 from lscindex.errors import RunError
 
 __all__ = [
@@ -70,6 +71,15 @@ def save_weights(
 
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(clean, metadata=dict(metadata or {})))
+
+
+def _weights_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise RunError(f"weights file {path} does not exist; train a run first")
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -246,13 +256,13 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_json(root / "latest.json", {"checkpoint": name})
+    metadata = {"epoch": str(state.epoch), "global_step": str(state.global_step)}
     if state.assignment is not None:
+        # Two files cannot be replaced at once: the weights name the table they go with, so a
+        # crash between the two writes is detected by open_run instead of decoding wrongly.
         save_assignment(run_dir / ASSIGNMENT, state.assignment)
-    save_weights(
-        run_dir / WEIGHTS,
-        state.model,
-        {"epoch": str(state.epoch), "global_step": str(state.global_step)},
-    )
+        metadata["assignment_sha256"] = table_sha256(state.assignment)
+    save_weights(run_dir / WEIGHTS, state.model, metadata)
     for old in root.iterdir():
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -369,6 +379,13 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
                 f"incomplete or damaged, resume or retrain it"
             )
         table = load_assignment(run_dir / ASSIGNMENT) if data_assigned else None
+        if table is not None and _weights_metadata(run_dir / WEIGHTS).get(
+            "assignment_sha256"
+        ) != table_sha256(table):
+            raise RunError(
+                f"{run_dir / ASSIGNMENT} is not the table {run_dir / WEIGHTS} was trained with "
+                f"(training stopped between saving the two); resume the run to write both again"
+            )
         system = VectorSystem.from_dict(model_config.system, table=table)
     model = create_model(model_config)
     weights = load_weights(run_dir / WEIGHTS)

@@ -12,7 +12,6 @@ and resumed ends with exactly the weights of an uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -45,6 +44,8 @@ from lscindex.systems import VectorSystem
 
 __all__ = ["EpochMetrics", "TrainCallbacks", "TrainConfig", "TrainResult", "fit"]
 
+# Classes whose embedding sums are held at once while matching (28 MB at 108 dims).
+_MEAN_BLOCK = 1 << 16
 # Keys of TrainConfig that define the model; --resume refuses to change them. The value a run
 # made before a key existed is what that run did (runs before assignments used the codec).
 ARCHITECTURE_KEYS = ("model", "head", "system", "dim", "system_seed", "img_size", "assignment")
@@ -67,7 +68,9 @@ class TrainConfig:
     dim: int | None = None
     system_seed: int = 0
     assignment: Literal["codec", "data"] = "data"
+    rematch_per_epoch: int = 1
     rematch_until: float = 0.5
+    rematch_margin: float = 0.0
     assign_samples: int = 8
     epochs: int = 10
     batch_size: int = 128
@@ -104,22 +107,31 @@ class TrainConfig:
             raise ConfigError(
                 f"rematch_until is a fraction of the epochs in [0, 1], got {self.rematch_until}"
             )
+        if self.rematch_per_epoch < 0:
+            raise ConfigError(
+                f"rematch_per_epoch must be >= 0 (0: match once, before training), got "
+                f"{self.rematch_per_epoch}"
+            )
         if self.assign_samples < 0:
             raise ConfigError(
                 f"assign_samples must be >= 0 (0: every training image), got {self.assign_samples}"
             )
 
-    def rematches_after(self, epoch: int) -> bool:
-        """Whether the data assignment is re-matched after (0-based) ``epoch`` finishes.
+    def rematches_at(self, global_step: int, steps_per_epoch: int) -> bool:
+        """Whether the data assignment is re-matched after optimizer step ``global_step`` (1-based).
 
-        After each of the first ``rematch_until`` of the epochs, never after the last one, so
-        the run ends on the targets it trained on last.
+        ``rematch_per_epoch`` times per epoch, evenly spaced in steps, during the first
+        ``rematch_until`` share of all steps, never at the last step: targets track the network
+        while it changes fastest, then stay fixed so the run ends on the targets it trained on.
         """
+        if self.head != "lsc" or self.assignment != "data" or self.rematch_per_epoch == 0:
+            return False
+        total = self.epochs * steps_per_epoch
+        interval = max(1, steps_per_epoch // self.rematch_per_epoch)
         return (
-            self.head == "lsc"
-            and self.assignment == "data"
-            and epoch + 1 < self.epochs
-            and epoch + 1 <= self.rematch_until * self.epochs
+            global_step % interval == 0
+            and global_step <= self.rematch_until * total
+            and global_step < total
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +162,7 @@ class EpochMetrics:
     skipped_images: int
     world_size: int
     global_step: int
-    reassigned: int | None = None
+    reassigned: list[int] | None = None
 
 
 @dataclass
@@ -361,35 +373,48 @@ def _match_classes(
 ) -> VectorSystem:
     """Re-match classes to targets from the current model's class means (see lscindex.assignment).
 
-    Each rank embeds its share of ``samples`` (eval transform, no augmentation); the per-class
-    sums are all-reduced, so every rank matches the same means into the same table. The sums
-    are (n_classes, dim) float32 while matching runs (259 MB at 600k classes, 108 dims), freed
-    before training resumes; nothing per class is kept during the training steps but the table.
+    The means come block by block (``_MEAN_BLOCK`` classes, 28 MB of sums at 108 dims): each
+    rank embeds its share of the block's ``samples`` (eval transform, no augmentation) and the
+    sums are all-reduced, so every rank matches the same means into the same table. Nothing of
+    size n_classes x dim is ever held; during the training steps only the table is.
     """
-    sums = torch.zeros(system.n_classes, system.dim, dtype=torch.float32, device=device)
-    loader: DataLoader[Any] = DataLoader(
-        ImageDataset(samples, transform),
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-        sampler=EpochSampler(
-            len(samples), seed=0, epoch=0, rank=rank, world=world, shuffle=False, pad=False
-        ),
-        collate_fn=collate_skipping,
-        generator=torch.Generator().manual_seed(0),
-    )
+    labels = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
     was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for images, labels, _, _ in loader:
-            if len(labels) == 0:
-                continue
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(images.to(device))
-            sums.index_add_(0, labels.to(device), out.float())
-    model.train(was_training)
-    if world > 1:
-        dist.all_reduce(sums)
-    table = match_classes(system, sums.cpu().numpy())
+
+    def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(class_ids), _MEAN_BLOCK):
+            block = class_ids[start : start + _MEAN_BLOCK]
+            chosen = np.flatnonzero(np.isin(labels, block))
+            sums = torch.zeros(len(block), system.dim, dtype=torch.float32, device=device)
+            loader: DataLoader[Any] = DataLoader(
+                ImageDataset([samples[i] for i in chosen], transform),
+                batch_size=config.batch_size,
+                num_workers=config.workers,
+                sampler=EpochSampler(
+                    len(chosen), seed=0, epoch=0, rank=rank, world=world, shuffle=False, pad=False
+                ),
+                collate_fn=collate_skipping,
+                generator=torch.Generator().manual_seed(0),
+            )
+            model.eval()
+            with torch.no_grad():
+                for images, batch_labels, _, _ in loader:
+                    if len(batch_labels) == 0:
+                        continue
+                    rows = torch.from_numpy(np.searchsorted(block, batch_labels.numpy()))
+                    with torch.autocast(
+                        device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+                    ):
+                        out = model(images.to(device))
+                    sums.index_add_(0, rows.to(device), out.float())
+            model.train(was_training)
+            if world > 1:
+                dist.all_reduce(sums)
+            yield block, sums.cpu().numpy()
+
+    table = match_classes(
+        system, class_means, current=system.assignment_table, margin=config.rematch_margin
+    )
     return system.with_assignment(table)
 
 
@@ -623,6 +648,7 @@ def _fit(
         train_model.train()
         start_time = time.perf_counter()
         loss_sum, loss_count, seen, skipped = 0.0, 0, 0, 0
+        reassigned: list[int] = []  # classes moved by each re-matching in this epoch
         if state is not None and epoch == start_epoch and start_step > 0:
             # the running sums of the interrupted epoch, so its metrics come out the same
             counters = state.extra.get("epoch_counters", {})
@@ -631,6 +657,7 @@ def _fit(
                 int(counters.get("loss_count", 0)),
                 int(counters.get("skipped", 0)),
             )
+            reassigned = list(counters.get("reassigned", []))
         last_batch = None
         for step, (images, labels, _, dropped) in enumerate(loader, start=skip):
             skipped += dropped
@@ -660,10 +687,22 @@ def _fit(
                 loss_sum += float(loss.detach()) * len(labels)
                 loss_count += len(labels)
                 seen += len(labels) * world
+            if system is not None and config.rematches_at(global_step, steps_per_epoch):
+                old = np.asarray(system.assignment_table)
+                system = _match_classes(
+                    model, assign_samples, eval_tf, system, config, device, amp_dtype, world, rank
+                )
+                loss_fn = create_loss(config.head, system)
+                reassigned.append(int(np.count_nonzero(old != system.assignment_table)))
             rate = seen / max(time.perf_counter() - start_time, 1e-9)
             callbacks.on_step(epoch=epoch, step=step + 1, loss=float(loss.detach()), img_per_s=rate)
+            counters = {
+                "loss_sum": loss_sum,
+                "loss_count": loss_count,
+                "skipped": skipped,
+                "reassigned": reassigned,
+            }
             if config.checkpoint_every and global_step % config.checkpoint_every == 0 and rank == 0:
-                counters = {"loss_sum": loss_sum, "loss_count": loss_count, "skipped": skipped}
                 _save(out, model, optimizer, system, epoch, step + 1, global_step, counters)
             if config.max_steps and global_step >= config.max_steps:
                 stop = True
@@ -690,17 +729,10 @@ def _fit(
             skipped_images=skipped_all,
             world_size=world,
             global_step=global_step,
+            reassigned=reassigned if config.rematch_per_epoch and system is not None else None,
         )
         scheduler.step(epoch + 1)
         epoch_done = not stop or step + 1 >= steps_per_epoch
-        if system is not None and epoch_done and config.rematches_after(epoch):
-            old = np.asarray(system.assignment_table)
-            system = _match_classes(
-                model, assign_samples, eval_tf, system, config, device, amp_dtype, world, rank
-            )
-            loss_fn = create_loss(config.head, system)
-            changed = int(np.count_nonzero(old != np.asarray(system.assignment_table)))
-            metrics = dataclasses.replace(metrics, reassigned=changed)
         result.metrics.append(metrics)
         if rank == 0:
             history.append(asdict(metrics))
@@ -715,9 +747,7 @@ def _fit(
                 epoch + 1 if epoch_done else epoch,
                 0 if epoch_done else step + 1,
                 global_step,
-                None
-                if epoch_done
-                else {"loss_sum": loss_sum, "loss_count": loss_count, "skipped": skipped},
+                None if epoch_done else counters,
             )
             _plot(out)
             callbacks.on_epoch(metrics)

@@ -160,3 +160,23 @@ def test_bad_tables_are_refused_by_name() -> None:
         match_classes(system, np.zeros((3, system.dim)))
     with pytest.raises(InputError, match="NaN"):
         match_classes(system, np.full((10, system.dim), np.nan))
+
+
+def test_rematching_with_a_margin_keeps_classes_on_their_current_vectors() -> None:
+    system = VectorSystem.create("v21", 1000)
+    rng = np.random.default_rng(6)
+    before = rng.standard_normal((1000, system.dim)).astype(np.float32)
+    current = match_classes(system, before)
+    after = before + 0.5 * rng.standard_normal(before.shape).astype(np.float32)
+    moved = [
+        int((match_classes(system, after, current=current, margin=m) != current).sum())
+        for m in (0.0, 0.05, 0.2, 10.0)
+    ]
+    assert moved[0] > moved[1] > moved[2] > 0 and moved[3] == 0, moved
+    # margin 0: the current vector is just one more candidate, at its own cosine
+    table = match_classes(system, after, current=current, margin=0.0)
+    assert len(np.unique(table)) == 1000
+    unit = after / np.linalg.norm(after, axis=1, keepdims=True)
+    cos_new = (unit * system.with_assignment(table).targets(np.arange(1000))).sum(1)
+    cos_old = (unit * system.with_assignment(current).targets(np.arange(1000))).sum(1)
+    assert cos_new.mean() > cos_old.mean()

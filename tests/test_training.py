@@ -133,6 +133,8 @@ def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
         "3",
         "--assignment",
         "data",
+        "--rematch-per-epoch",
+        "4",
         "--rematch-until",
         "0.5",
         *extra,
@@ -157,9 +159,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights_and_metrics(tmp_p
     reference = tmp_path / "reference"
     subprocess.run(_train_cmd(data, reference), check=True, env=env, capture_output=True)
 
-    # classes are re-matched after epoch 1, so the kills in epochs 2 and 3 resume on a table
-    # that came from a re-matching
-    assert [r["reassigned"] is not None for r in metrics_of(reference)] == [True, False, False]
+    # 10 steps per epoch: classes are re-matched after steps 2, 4, ..., 14, so the kills at
+    # steps 13 and 22 resume on a table that came from a re-matching, the first mid-epoch
+    assert [len(r["reassigned"]) for r in metrics_of(reference)] == [5, 2, 0]
     run = tmp_path / "killed"
     for kills, target in enumerate((4, 13, 22)):  # mid-epoch 1, 2 and 3
         cmd = _train_cmd(data, run, *(["--resume"] if kills else []))
@@ -308,3 +310,32 @@ def test_config_roundtrip_rejects_unknown_keys() -> None:
     assert TrainConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ConfigError, match="'colour'"):
         TrainConfig.from_dict({**c.to_dict(), "colour": 1})
+
+
+def test_a_table_that_does_not_match_the_weights_is_refused(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    from lscindex.checkpoint import open_run, save_assignment
+
+    run = tmp_path / "run"
+    fit(config(image_folder, run, epochs=1))
+    assert open_run(run).system.assignment == "data"
+    table = load_assignment(run / "assignment.safetensors")
+    # as if training stopped after writing the new table but before the new weights
+    save_assignment(run / "assignment.safetensors", table[::-1].copy())
+    with pytest.raises(RunError, match=r"is not the table .* was trained with"):
+        open_run(run)
+    (run / "assignment.safetensors").unlink()
+    with pytest.raises(RunError, match=r"has no assignment\.safetensors"):
+        open_run(run)
+
+
+def test_codec_runs_train_without_a_table(image_folder: Path, tmp_path: Path) -> None:
+    from lscindex.checkpoint import open_run
+
+    run = tmp_path / "run"
+    fit(config(image_folder, run, epochs=1, assignment="codec"))
+    assert not (run / "assignment.safetensors").exists()
+    spec = json.loads((run / "config.json").read_text())["model"]["system"]
+    assert "assignment" not in spec
+    assert open_run(run).system == VectorSystem.from_dict(spec)

@@ -119,10 +119,18 @@ def train(
             "class, re-matched early in training) or codec (seeded, table-free)."
         ),
     ] = "data",
+    rematch_per_epoch: Annotated[
+        int,
+        typer.Option(help="Re-match the data assignment this often per epoch (0: never)."),
+    ] = 1,
     rematch_until: Annotated[
         float,
-        typer.Option(help="Re-match the data assignment after each epoch in this first share."),
+        typer.Option(help="Re-match only in this first share of the steps."),
     ] = 0.5,
+    rematch_margin: Annotated[
+        float,
+        typer.Option(help="A class moves to a new target only if it is closer by this cosine."),
+    ] = 0.0,
     assign_samples: Annotated[
         int, typer.Option(help="Training images per class in the class means (0: all).")
     ] = 8,
@@ -166,7 +174,9 @@ def train(
         dim=None if dim == "auto" else int(dim),
         system_seed=system_seed,
         assignment=assignment,  # type: ignore[arg-type]
+        rematch_per_epoch=rematch_per_epoch,
         rematch_until=rematch_until,
+        rematch_margin=rematch_margin,
         assign_samples=assign_samples,
         epochs=epochs,
         batch_size=batch_size,

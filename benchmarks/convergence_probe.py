@@ -1,0 +1,289 @@
+"""Probe: which train-time levers make fixed targets at n_min learn faster (3 epochs, no aug)?
+
+Trains the same backbone on the same preloaded images with one head/loss variant per run,
+everything else fixed: resnet10t with 1 input channel, 32 px, no augmentation, AdamW lr 3e-3
+wd 0.05, batch 128, timm cosine schedule with one warm-up epoch, 2 threads, seed 0; v21 targets
+at n_min. Prints validation top-1 after every epoch and a final ``RESULT {json}`` line.
+
+    python benchmarks/convergence_probe.py data/glyphs --name base
+    python benchmarks/convergence_probe.py data/glyphs --name rm46 --rematch-steps 46 \\
+        --rematch-until 0.5
+    python benchmarks/convergence_probe.py data/glyphs --name aux128 --aux-dim 128 --aux-assign
+
+The targets are data-assigned (``--assign data``: greedy one-to-one matching of class-mean
+embeddings to the system's vectors over the full class x vector cosine matrix, which is fine at
+a few thousand classes; lscindex.assignment does the same without that matrix). Classes are
+matched before training from the untrained network (eval pass over the training images), then
+re-matched after every epoch but the last from the training outputs of that epoch, or, with
+``--rematch-steps N``, every N steps from an eval pass, during the first ``--rematch-until``
+share of the steps. This is a research script: lscindex.training is the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import timm
+import timm.scheduler
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lscindex import VectorSystem
+from lscindex.assignment import match_classes
+from lscindex.data import load_dataset, load_image
+
+
+def load_tensors(samples: list[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, size, size) uint8 images and (N,) int64 labels."""
+    xs = np.zeros((len(samples), 1, size, size), np.uint8)
+    ys = np.zeros(len(samples), np.int64)
+    for i, (path, label) in enumerate(samples):
+        xs[i, 0] = np.asarray(load_image(path).convert("L").resize((size, size)))
+        ys[i] = label
+    return torch.from_numpy(xs), torch.from_numpy(ys)
+
+
+def unit_vectors(system: VectorSystem) -> torch.Tensor:
+    """Every vector of the system, L2-normalised: (n_vectors, dim) float32."""
+    vectors = system.vectors(np.arange(system.n_vectors)).astype(np.float32)
+    return torch.from_numpy(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+
+
+def greedy_assign(means: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Classes to distinct vectors by descending cosine of class mean (full matrix)."""
+    sim = (F.normalize(means, dim=1) @ vectors.T).numpy()
+    n_classes, n_vectors = sim.shape
+    table = -np.ones(n_classes, np.int64)
+    used = np.zeros(n_vectors, bool)
+    left = n_classes
+    for flat in np.argsort(-sim, axis=None):
+        c, v = divmod(int(flat), n_vectors)
+        if table[c] < 0 and not used[v]:
+            table[c], used[v] = v, True
+            left -= 1
+            if left == 0:
+                break
+    return torch.from_numpy(table)
+
+
+class Net(nn.Module):
+    def __init__(self, args: argparse.Namespace, n_classes: int, system: VectorSystem) -> None:
+        super().__init__()
+        self.args = args
+        self.backbone = timm.create_model(args.model, num_classes=0, in_chans=1)
+        features, dim = self.backbone.num_features, system.dim
+        if args.mlp:
+            self.head: nn.Module = nn.Sequential(
+                nn.Linear(features, features),
+                nn.BatchNorm1d(features),
+                nn.ReLU(),
+                nn.Linear(features, dim),
+            )
+        else:
+            self.head = nn.Linear(features, dim)
+        self.bn = nn.BatchNorm1d(dim, affine=args.bn_affine) if args.bn else nn.Identity()
+        self.vectors = unit_vectors(system)
+        self.table = torch.from_numpy(system.vector_ids(np.arange(n_classes)).astype(np.int64))
+        self.sums = torch.zeros(n_classes, dim)
+        if args.aux_dim:
+            self.aux_system = VectorSystem.create(args.aux_kind, n_classes, dim=args.aux_dim)
+            self.aux_targets_of = self.aux_system
+            self.aux = nn.Linear(features, args.aux_dim)
+            self.aux_sums = torch.zeros(n_classes, args.aux_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(x)
+        if self.args.aux_dim and self.training:
+            self.aux_raw = self.aux(h)
+            self.aux_out = F.normalize(self.aux_raw, dim=1)
+        return F.normalize(self.bn(self.head(h)), dim=1)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        args = self.args
+        self.sums.index_add_(0, y, out.detach())
+        targets = self.vectors[self.table]
+        rows = torch.arange(len(y))
+        if args.loss == "cos":
+            loss = (1 - (out * targets[y]).sum(1)).mean()
+        elif args.loss == "sm":  # softmax over all assigned targets, additive margin
+            logits = args.scale * out @ targets.T
+            logits[rows, y] -= args.scale * args.margin
+            loss = F.cross_entropy(logits, y)
+        elif args.loss == "hard":  # softmax over the true and the nearest wrong targets
+            sim = out @ targets.T
+            wrong = sim.detach().clone()
+            wrong[rows, y] = -9
+            idx = torch.cat([y[:, None], wrong.topk(args.negs, dim=1).indices], 1)
+            logits = args.scale * sim.gather(1, idx)
+            logits[:, 0] -= args.scale * args.margin
+            loss = F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+        elif args.loss == "hinge":  # cosine plus a hinge against the nearest wrong target
+            sim = out @ targets.T
+            pos = sim[rows, y]
+            wrong = sim.detach().clone()
+            wrong[rows, y] = -9
+            neg = sim[rows, wrong.argmax(1)]
+            loss = (1 - pos).mean() + args.sm_weight * F.relu(args.margin + neg - pos).mean()
+        else:
+            raise SystemExit(f"unknown --loss {args.loss!r}")
+        if args.aux_dim:
+            self.aux_sums.index_add_(0, y, self.aux_out.detach())
+            aux_t = torch.from_numpy(self.aux_targets_of.targets(y.numpy()))
+            if args.aux_loss == "cos":
+                loss = loss + args.aux_weight * (1 - (self.aux_out * aux_t).sum(1)).mean()
+            else:  # factorised softmax: which coordinate is +1, which is -1 (v11 targets)
+                plus, minus = aux_t.argmax(1), aux_t.argmin(1)
+                loss = loss + args.aux_weight * (
+                    F.cross_entropy(self.aux_raw, plus) + F.cross_entropy(-self.aux_raw, minus)
+                )
+        return loss
+
+    def top1(self, out: torch.Tensor) -> np.ndarray:
+        return (out @ self.vectors[self.table].T).argmax(1).numpy()
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data")
+    ap.add_argument("--name", default="probe")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--model", default="resnet10t")
+    ap.add_argument("--bs", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kind", default="v21")
+    ap.add_argument("--dim", type=int, default=None)
+    ap.add_argument("--assign", choices=["codec", "data0", "data"], default="data")
+    ap.add_argument("--rematch-until", type=float, default=1.0)
+    ap.add_argument("--rematch-steps", type=int, default=0)
+    ap.add_argument("--bn", action="store_true", help="BatchNorm1d on the projection")
+    ap.add_argument("--bn-affine", action="store_true")
+    ap.add_argument("--mlp", action="store_true", help="a 2-layer MLP projection")
+    ap.add_argument("--head-lr", type=float, default=1.0, help="lr multiplier of the projection")
+    ap.add_argument("--loss", choices=["cos", "sm", "hard", "hinge"], default="cos")
+    ap.add_argument("--scale", type=float, default=16)
+    ap.add_argument("--margin", type=float, default=0.0)
+    ap.add_argument("--negs", type=int, default=32)
+    ap.add_argument("--sm-weight", type=float, default=1.0)
+    ap.add_argument("--aux-dim", type=int, default=0, help="auxiliary head width (0: none)")
+    ap.add_argument("--aux-kind", default="v21")
+    ap.add_argument("--aux-loss", choices=["cos", "fsm"], default="cos")
+    ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--aux-assign", action="store_true", help="data-assign the auxiliary head")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    splits = load_dataset(args.data)
+    n_classes = splits.n_classes
+    xtr, ytr = load_tensors(splits.train, 32)
+    xva, yva = load_tensors(splits.val, 32)
+    system = VectorSystem.create(args.kind, n_classes, dim=args.dim)
+    torch.manual_seed(0)
+    net = Net(args, n_classes, system)
+    head = list(net.head.parameters()) + list(net.bn.parameters())
+    head_ids = {id(p) for p in head}
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in net.parameters() if id(p) not in head_ids]},
+            {"params": head, "lr": args.lr * args.head_lr},
+        ],
+        lr=args.lr,
+        weight_decay=0.05,
+    )
+    steps = math.ceil(len(ytr) / args.bs)
+    sched, _ = timm.scheduler.create_scheduler_v2(
+        opt,
+        sched="cosine",
+        num_epochs=args.epochs,
+        warmup_epochs=1,
+        warmup_lr=args.lr * 0.01,
+        min_lr=args.lr * 0.01,
+        step_on_epochs=False,
+        updates_per_epoch=steps,
+    )
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() / 255 - 0.5) / 0.5
+
+    def class_means() -> None:
+        """Eval pass over the training images into net.sums (and net.aux_sums)."""
+        net.eval()
+        net.sums.zero_()
+        with torch.no_grad():
+            for i in range(0, len(ytr), 512):
+                x, y = norm(xtr[i : i + 512]), ytr[i : i + 512]
+                net.sums.index_add_(0, y, net(x))
+                if args.aux_dim:
+                    h = net.backbone(x)
+                    net.aux_sums.index_add_(0, y, F.normalize(net.aux(h), dim=1))
+        net.train()
+
+    def assign_aux() -> None:
+        table = match_classes(net.aux_system, net.aux_sums.numpy())
+        net.aux_targets_of = net.aux_system.with_assignment(table)
+
+    if args.assign.startswith("data"):
+        class_means()
+        net.table = greedy_assign(net.sums, net.vectors)
+        if args.aux_dim and args.aux_assign:
+            assign_aux()
+    net.sums.zero_()
+    g, accs = 0, []
+    for ep in range(args.epochs):
+        net.train()
+        perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(ep))
+        t0, loss_sum = time.time(), 0.0
+        for i in range(steps):
+            idx = perm[i * args.bs : (i + 1) * args.bs]
+            loss = net.loss(net(norm(xtr[idx])), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            g += 1
+            sched.step_update(num_updates=g)
+            loss_sum += float(loss.detach())
+            due = args.rematch_steps and g % args.rematch_steps == 0
+            if due and g <= args.rematch_until * steps * args.epochs:
+                class_means()
+                old = net.table.clone()
+                net.table = greedy_assign(net.sums, net.vectors)
+                net.sums.zero_()
+                print(f"  step {g} changed {int((old != net.table).sum())}", flush=True)
+        changed = 0
+        last = ep + 1 == args.epochs
+        in_window = (ep + 1) / args.epochs <= args.rematch_until
+        if args.assign == "data" and not args.rematch_steps and in_window and not last:
+            old = net.table.clone()
+            net.table = greedy_assign(net.sums, net.vectors)
+            changed = int((old != net.table).sum())
+            if args.aux_dim and args.aux_assign:
+                assign_aux()
+        net.sums.zero_()
+        if args.aux_dim:
+            net.aux_sums.zero_()
+        net.eval()
+        hits = 0
+        with torch.no_grad():
+            for i in range(0, len(yva), 512):
+                pred = net.top1(net(norm(xva[i : i + 512])))
+                hits += int((pred == yva[i : i + 512].numpy()).sum())
+        acc = 100 * hits / len(yva)
+        accs.append(round(acc, 1))
+        print(
+            f"{args.name} ep{ep + 1} loss {loss_sum / steps:.4f} top1 {acc:.1f} "
+            f"changed {changed} ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
+    print("RESULT", json.dumps({"name": args.name, "accs": accs}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
