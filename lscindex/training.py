@@ -105,7 +105,8 @@ class TrainConfig:
             raise ConfigError(f"assignment must be 'codec' or 'data', got {self.assignment!r}")
         if not 0.0 <= self.rematch_until <= 1.0:
             raise ConfigError(
-                f"rematch_until is a fraction of the epochs in [0, 1], got {self.rematch_until}"
+                f"rematch_until is a share of the training steps in [0, 1], got "
+                f"{self.rematch_until}; e.g. 0.5 re-matches during the first half"
             )
         if self.rematch_per_epoch < 0:
             raise ConfigError(
@@ -731,14 +732,14 @@ def _fit(
             global_step=global_step,
             reassigned=reassigned if config.rematch_per_epoch and system is not None else None,
         )
-        scheduler.step(epoch + 1)
-        epoch_done = not stop or step + 1 >= steps_per_epoch
         result.metrics.append(metrics)
+        scheduler.step(epoch + 1)
         if rank == 0:
             history.append(asdict(metrics))
             ckpt.atomic_write_bytes(
                 metrics_path, "".join(json.dumps(m) + "\n" for m in history).encode()
             )
+            epoch_done = not stop or step + 1 >= steps_per_epoch
             _save(
                 out,
                 model,

@@ -44,6 +44,11 @@ def test_systems_json(capsys: pytest.CaptureFixture[str]) -> None:
     [
         (["systems", "--classes", "0"], "n_classes must be >= 1, got 0"),
         (["systems", "--classes", "10", "--kind", "v9"], "unknown vector system kind 'v9'"),
+        (
+            ["train", "data", "--assignment", "random"],
+            "assignment must be 'codec' or 'data', got 'random'",
+        ),
+        (["train", "data", "--rematch-until", "2"], "rematch_until is a share of the training"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(

@@ -298,6 +298,10 @@ def test_resume_without_a_run(image_folder: Path, tmp_path: Path) -> None:
         ({"lr": 0.0}, "lr must be > 0"),
         ({"head": "svm"}, "head must be 'lsc' or 'ce'"),
         ({"device": "tpu"}, "device must be"),
+        ({"assignment": "random"}, "assignment must be 'codec' or 'data', got 'random'"),
+        ({"rematch_until": 1.5}, r"share of the training steps in \[0, 1\], got 1.5"),
+        ({"rematch_per_epoch": -1}, "rematch_per_epoch must be >= 0"),
+        ({"assign_samples": -2}, "assign_samples must be >= 0"),
     ],
 )
 def test_bad_config_values(kw: dict[str, object], match: str, tmp_path: Path) -> None:
