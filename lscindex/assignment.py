@@ -208,7 +208,9 @@ def greedy_match(
         first[1:] = slot[1:] != slot[:-1]
         slot, score, cls = slot[first], score[first], cls[first]
         held = holder[slot]
-        held_score = np.where(held >= 0, scores[held, pointer[np.maximum(held, 0)]], -np.inf)
+        held_score = np.full(len(held), -np.inf, dtype=np.float32)
+        has = held >= 0  # a holder's pointer is at the vector it holds, always in range
+        held_score[has] = scores[held[has], pointer[held[has]]]
         wins = (score > held_score) | ((score == held_score) & (cls < held))
         winners = cls[wins]
         bumped = held[wins & (held >= 0)]

@@ -41,7 +41,7 @@ def full_matrix_greedy(system: VectorSystem, means: np.ndarray) -> np.ndarray:
     return sequential_greedy(ids, sims)
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(200))
 def test_greedy_match_equals_the_sequential_greedy_ties_included(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n_classes, width, n_vectors = rng.integers(2, 30), rng.integers(1, 6), rng.integers(30, 60)
@@ -53,6 +53,21 @@ def test_greedy_match_equals_the_sequential_greedy_ties_included(seed: int) -> N
     matched = table >= 0
     chosen = scores[np.arange(n_classes), (ids == table[:, None]).argmax(1)]
     assert (got[matched] == chosen[matched]).all()
+
+
+def test_greedy_match_when_class_0_runs_out_of_candidates_first() -> None:
+    # class 0 has lost both its candidates by round 2; in round 3 class 2, bumped from vector 2
+    # by class 4, proposes to vector 1, which nobody holds
+    ninf = -np.inf
+    ids = np.array([[0, 3], [0, 0], [2, 1], [3, 0], [5, 2], [5, 0]])
+    scores = np.array(
+        [[0.2, 0.1], [0.9, ninf], [0.5, 0.4], [0.7, ninf], [0.65, 0.6], [0.66, ninf]],
+        dtype=np.float32,
+    )
+    table, got = greedy_match(ids, scores)
+    np.testing.assert_array_equal(table, sequential_greedy(ids, scores))
+    np.testing.assert_array_equal(table, [-1, 0, 1, 3, 2, 5])
+    assert got[0] == -np.inf and got[2] == np.float32(0.4)
 
 
 @pytest.mark.parametrize(("kind", "n_classes"), [("v21", 40), ("v11", 25), ("v22", 60)])
