@@ -11,7 +11,7 @@ study continues where it stopped.
     python benchmarks/convergence.py data/glyphs --out runs/study --epochs 18   # longer schedule
 
 The common recipe is the README's: resnet10t, 32 px, batch 128, AdamW lr 3e-3, one warm-up
-epoch, cosine schedule, seed 0; extra flags after ``--`` go to every run.
+epoch, cosine schedule, seed 0; any other ``lscindex train`` flag given here goes to every run.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("extra", nargs="*", help="more train flags for every run (after --)")
-    return parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    args.extra = extra  # any other flag goes to every run, e.g. --workers 0
+    return args
 
 
 def train_command(args: argparse.Namespace, name: str) -> list[str]:

@@ -143,7 +143,7 @@ def nearest_candidates(
     ids = np.zeros((len(means), k), dtype=np.int64)
     scores = np.full((len(means), k), -np.inf, dtype=np.float32)
     seen = np.flatnonzero(np.abs(means).sum(axis=1) > 0)
-    # The enumeration holds (rows x patterns) scores: bound it to ~64 MB per chunk.
+    # The enumeration holds (rows x patterns) scores: bound them per chunk.
     cost = _decode.pattern_cost(system.dim, spec.a, spec.b, k) + k
     rows = max(1, _CHUNK_SCORES // cost)
     for start in range(0, len(seen), rows):

@@ -54,7 +54,7 @@ FAST_SCRIPTS = {
     "benchmarks/embed_resume.py": "--images 300 --kills 2 --chunk-rows 32",
     "benchmarks/convergence_probe.py": "--epochs 1 --model test_resnet --bs 8",
     "benchmarks/convergence.py": "--model test_resnet --epochs 1 --batch-size 8 --only v21-data "
-    "v21-codec ce -- --max-steps 2 --workers 0 --img-size 16",
+    "v21-codec ce --max-steps 2 --workers 0 --img-size 16",
 }
 
 
