@@ -51,8 +51,9 @@ __all__ = [
     "table_sha256",
 ]
 
-# Candidates enumerated per class; leftover classes go round again with this many times more.
+# Candidates enumerated per class in the first round.
 DEFAULT_CANDIDATES = 8
+# Leftover classes look at this many times more candidates in each later round.
 _GROWTH = 8
 _CHUNK_SCORES = 1 << 21  # scores held per enumeration/search chunk (8 MB)
 # Leftovers are searched among the listed free vectors when these take at most this many bytes
