@@ -87,9 +87,12 @@ class Net(nn.Module):
         else:
             self.head = nn.Linear(features, dim)
         self.bn = nn.BatchNorm1d(dim, affine=args.bn_affine) if args.bn else nn.Identity()
+        if args.loss == "bneck" or args.warm_head:  # a learned softmax head on the n_min output
+            self.classifier = nn.Linear(dim, n_classes)
         self.vectors = unit_vectors(system)
         self.table = torch.from_numpy(system.vector_ids(np.arange(n_classes)).astype(np.int64))
         self.sums = torch.zeros(n_classes, dim)
+        self.warming = bool(args.warm_head)
         if args.aux_dim:
             self.aux_system = VectorSystem.create(args.aux_kind, n_classes, dim=args.aux_dim)
             self.aux_targets_of = self.aux_system
@@ -101,15 +104,20 @@ class Net(nn.Module):
         if self.args.aux_dim and self.training:
             self.aux_raw = self.aux(h)
             self.aux_out = F.normalize(self.aux_raw, dim=1)
-        return F.normalize(self.bn(self.head(h)), dim=1)
+        self.raw = self.bn(self.head(h))
+        return F.normalize(self.raw, dim=1)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         args = self.args
         self.sums.index_add_(0, y, out.detach())
         targets = self.vectors[self.table]
         rows = torch.arange(len(y))
-        if args.loss == "cos":
+        if args.loss == "bneck" or self.warming:
+            loss = F.cross_entropy(self.classifier(self.raw), y)
+        elif args.loss == "cos":
             loss = (1 - (out * targets[y]).sum(1)).mean()
+        elif args.loss == "zsm":  # softmax over the assigned targets, unnormalised output
+            loss = F.cross_entropy(args.scale * self.raw @ targets.T, y)
         elif args.loss == "sm":  # softmax over all assigned targets, additive margin
             logits = args.scale * out @ targets.T
             logits[rows, y] -= args.scale * args.margin
@@ -144,6 +152,8 @@ class Net(nn.Module):
         return loss
 
     def top1(self, out: torch.Tensor) -> np.ndarray:
+        if self.args.loss == "bneck" or self.warming:
+            return self.classifier(self.raw).argmax(1).numpy()
         return (out @ self.vectors[self.table].T).argmax(1).numpy()
 
 
@@ -165,11 +175,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--bn-affine", action="store_true")
     ap.add_argument("--mlp", action="store_true", help="a 2-layer MLP projection")
     ap.add_argument("--head-lr", type=float, default=1.0, help="lr multiplier of the projection")
-    ap.add_argument("--loss", choices=["cos", "sm", "hard", "hinge"], default="cos")
+    ap.add_argument("--loss", choices=["cos", "sm", "zsm", "hard", "hinge", "bneck"], default="cos")
     ap.add_argument("--scale", type=float, default=16)
     ap.add_argument("--margin", type=float, default=0.0)
     ap.add_argument("--negs", type=int, default=32)
     ap.add_argument("--sm-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--warm-head",
+        type=int,
+        default=0,
+        help="epochs with a learned softmax head on the n_min output before the fixed targets",
+    )
     ap.add_argument("--aux-dim", type=int, default=0, help="auxiliary head width (0: none)")
     ap.add_argument("--aux-kind", default="v21")
     ap.add_argument("--aux-loss", choices=["cos", "fsm"], default="cos")
@@ -230,7 +246,29 @@ def main() -> None:
         table = match_classes(net.aux_system, net.aux_sums.numpy())
         net.aux_targets_of = net.aux_system.with_assignment(table)
 
-    if args.assign.startswith("data"):
+    def switch_to_targets() -> int:
+        """End of the warm-up: rotate the projection so the class means sit on targets."""
+        class_means()
+        unit = F.normalize(net.sums, dim=1)
+        rot = torch.eye(unit.shape[1])
+        old = net.table.clone()
+        for _ in range(10):  # alternate: match the rotated means, then the best rotation
+            table = greedy_assign(unit @ rot.T, net.vectors)
+            u, _, vh = torch.linalg.svd(net.vectors[table].T @ unit)
+            rot = u @ vh
+        net.table = greedy_assign(unit @ rot.T, net.vectors)
+        cos = ((unit @ rot.T) * net.vectors[net.table]).sum(1)
+        print(f"  switch: mean cosine to targets {float(cos.mean()):.3f}", flush=True)
+        with torch.no_grad():
+            net.head.weight.copy_(rot @ net.head.weight)
+            net.head.bias.copy_(rot @ net.head.bias)
+        for p in net.head.parameters():  # the moments belong to the old basis
+            opt.state.pop(p, None)
+        net.warming = False
+        net.sums.zero_()
+        return int((old != net.table).sum())
+
+    if args.assign.startswith("data") and not args.warm_head:
         class_means()
         net.table = greedy_assign(net.sums, net.vectors)
         if args.aux_dim and args.aux_assign:
@@ -258,9 +296,12 @@ def main() -> None:
                 net.sums.zero_()
                 print(f"  step {g} changed {int((old != net.table).sum())}", flush=True)
         changed = 0
+        if args.warm_head and ep + 1 == args.warm_head:
+            changed = switch_to_targets()
         last = ep + 1 == args.epochs
         in_window = (ep + 1) / args.epochs <= args.rematch_until
-        if args.assign == "data" and not args.rematch_steps and in_window and not last:
+        warm = ep + 1 <= args.warm_head
+        if args.assign == "data" and not args.rematch_steps and in_window and not last and not warm:
             old = net.table.clone()
             net.table = greedy_assign(net.sums, net.vectors)
             changed = int((old != net.table).sum())

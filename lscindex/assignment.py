@@ -55,7 +55,11 @@ __all__ = [
 DEFAULT_CANDIDATES = 8
 # Leftover classes look at this many times more candidates in each later round.
 _GROWTH = 8
-_CHUNK_SCORES = 1 << 21  # scores held per enumeration/search chunk (8 MB)
+# Scores per enumeration/search chunk; the enumeration keeps a few arrays of this many entries
+# (ids, positions, sort buffers): about 10 MB in all.
+_CHUNK_SCORES = 1 << 18
+_SORT_ROWS = 1 << 14  # rows of candidates the greedy matching sorts at a time
+_COSINE_ROWS = 1 << 13  # rows per block when scoring the current vectors
 # Leftovers are searched among the listed free vectors when these take at most this many bytes
 # (near n_min); otherwise each enumerates up to _MAX_ENUMERATED of its nearest vectors.
 _MAX_FREE_BYTES = 64 << 20
@@ -173,48 +177,68 @@ def greedy_match(
         table (K,) int64 with -1 where every candidate of a class went to another class, and
         the (K,) float32 cosine each matched class got (``-inf`` where unmatched).
     """
-    n_classes, width = candidate_ids.shape
+    ids = np.array(candidate_ids, dtype=np.int64 if _wide(candidate_ids) else np.int32)
+    scores = np.array(candidate_scores, dtype=np.float32)
+    return _greedy_match_owned(ids, scores)
+
+
+def _wide(ids: np.ndarray) -> bool:
+    return bool(np.asarray(ids).size) and int(np.asarray(ids).max()) >= 2**31
+
+
+def _greedy_match_owned(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`greedy_match` on arrays it may reorder in place (the caller's copies)."""
+    n_classes, width = ids.shape
     table = np.full(n_classes, -1, dtype=np.int64)
     got = np.full(n_classes, -np.inf, dtype=np.float32)
     if n_classes == 0 or width == 0:
         return table, got
-    # Each class's preference: score descending, then vector id ascending.
-    scores = np.asarray(candidate_scores, dtype=np.float32)
-    order = np.lexsort((candidate_ids, -scores), axis=1)
-    ids = np.take_along_axis(candidate_ids, order, axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
-    del order
+    # Each class's preference: score descending, then vector id ascending. Sorted in place, a
+    # block of rows at a time, so the sort's buffers stay small next to the candidates.
+    for start in range(0, n_classes, _SORT_ROWS):
+        part = slice(start, start + _SORT_ROWS)
+        order = np.lexsort((ids[part], -scores[part]), axis=1)
+        ids[part] = np.take_along_axis(ids[part], order, axis=1)
+        scores[part] = np.take_along_axis(scores[part], order, axis=1)
     # Vector ids as dense slots (vectors are few near n_min; compress otherwise).
     if int(ids.max()) < 8 * ids.size + 1024:
         slots, slot_vids = ids, None
     else:
         slot_vids, inverse = np.unique(ids, return_inverse=True)
-        slots = inverse.reshape(ids.shape)
-    holder = np.full(int(slots.max()) + 1, -1, dtype=np.int64)  # class holding each vector
-    pointer = np.zeros(n_classes, dtype=np.int64)  # each class's current candidate
-    proposers = np.arange(n_classes, dtype=np.int64)
+        slots = inverse.reshape(ids.shape).astype(np.int32)
+        del inverse
+    # Class indices, pointers and holders in the narrowest integers that hold them.
+    cls_dtype: type[np.signedinteger[Any]] = np.int32 if n_classes < 2**31 else np.int64
+    holder = np.full(int(slots.max()) + 1, -1, dtype=cls_dtype)  # class holding each vector
+    pointer = np.zeros(n_classes, dtype=np.int16 if width < 2**15 else np.int32)
+    proposers = np.arange(n_classes, dtype=cls_dtype)
     while proposers.size:
         live = pointer[proposers] < width
         proposers = proposers[live]
         live = np.isfinite(scores[proposers, pointer[proposers]])
         proposers = proposers[live]
+        del live
         if proposers.size == 0:
             break
-        slot = slots[proposers, pointer[proposers]]
-        score = scores[proposers, pointer[proposers]]
+        at = pointer[proposers]
+        slot = slots[proposers, at]
+        score = scores[proposers, at]
+        del at
         # best proposal per vector: score descending, then class id ascending
         by_vector = np.lexsort((proposers, -score, slot))
         slot, score, cls = slot[by_vector], score[by_vector], proposers[by_vector]
+        del by_vector
         first = np.ones(len(slot), dtype=bool)
         first[1:] = slot[1:] != slot[:-1]
         slot, score, cls = slot[first], score[first], cls[first]
+        del first
         held = holder[slot]
         held_score = np.full(len(held), -np.inf, dtype=np.float32)
         has = held >= 0  # a holder's pointer is at the vector it holds, always in range
         held_score[has] = scores[held[has], pointer[held[has]]]
         wins = (score > held_score) | ((score == held_score) & (cls < held))
         winners = cls[wins]
-        bumped = held[wins & (held >= 0)]
+        bumped = held[wins & has]
         holder[slot[wins]] = winners
         rejected = np.ones(n_classes, dtype=bool)
         rejected[winners] = False
@@ -309,7 +333,7 @@ def match_classes(
             ids[block, -1] = kept
             scores[block, -1] = _cosines(system, block_means, kept) + np.float32(margin)
         ids[block, : found.shape[1]], scores[block, : found.shape[1]] = found, cos
-    table, _ = greedy_match(ids, scores)
+    table, _ = _greedy_match_owned(ids, scores)
     del ids, scores
     left = np.flatnonzero((table < 0) & seen)
     if left.size:
@@ -341,9 +365,9 @@ def _checked(
 def _cosines(system: VectorSystem, means: np.ndarray, vector_ids: np.ndarray) -> np.ndarray:
     """(K,) float32 cosine of each mean with the vector of the same row (-inf for zero means)."""
     out = np.full(len(means), -np.inf, dtype=np.float32)
-    for start in range(0, len(means), 1 << 16):
-        m = means[start : start + (1 << 16)]
-        v = system.vectors(vector_ids[start : start + (1 << 16)]).astype(np.float32)
+    for start in range(0, len(means), _COSINE_ROWS):
+        m = means[start : start + _COSINE_ROWS]
+        v = system.vectors(vector_ids[start : start + _COSINE_ROWS]).astype(np.float32)
         norms = np.linalg.norm(m, axis=1) * np.linalg.norm(v, axis=1)
         cos = (m * v).sum(axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
         out[start : start + len(m)] = np.where(norms > 0, cos, -np.inf)
@@ -388,7 +412,7 @@ def _match_leftovers_exact(
             top = sims.topk(width, dim=1)  # torch: far faster than numpy's argpartition here
             ids[start : start + rows] = free_ids[slots[top.indices.numpy()]]
             scores[start : start + rows] = top.values.numpy()
-        sub, _ = greedy_match(ids, scores)
+        sub, _ = _greedy_match_owned(ids, scores)
         table[classes[pending]] = sub
         free[sub[sub >= 0]] = False
 
@@ -412,7 +436,7 @@ def _match_leftovers_enumerated(
         width = min(width * _GROWTH, _MAX_ENUMERATED)
         ids, scores = nearest_candidates(system, means[pending], width)
         scores[np.isin(ids, table[table >= 0])] = -np.inf
-        table[classes[pending]], _ = greedy_match(ids, scores)
+        table[classes[pending]], _ = _greedy_match_owned(ids, scores)
 
 
 def _fill_free(table: np.ndarray, n_vectors: int) -> None:
