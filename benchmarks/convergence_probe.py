@@ -35,7 +35,7 @@ from torch import nn
 
 from lscindex import VectorSystem
 from lscindex.assignment import match_classes
-from lscindex.data import load_dataset, load_image
+from lscindex.data import load_dataset, read_image
 
 
 def load_tensors(samples: list[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,7 @@ def load_tensors(samples: list[tuple[str, int]], size: int) -> tuple[torch.Tenso
     xs = np.zeros((len(samples), 1, size, size), np.uint8)
     ys = np.zeros(len(samples), np.int64)
     for i, (path, label) in enumerate(samples):
-        xs[i, 0] = np.asarray(load_image(path).convert("L").resize((size, size)))
+        xs[i, 0] = np.asarray(read_image(path).convert("L").resize((size, size)))
         ys[i] = label
     return torch.from_numpy(xs), torch.from_numpy(ys)
 

@@ -47,8 +47,9 @@ import torch  # noqa: E402
 from _synthetic import make_untrained_run, write_random_pngs  # noqa: E402
 
 import lscindex  # noqa: E402
-from lscindex.checkpoint import open_run  # noqa: E402
-from lscindex.embedding import build_store, read_image  # noqa: E402
+from lscindex.data import read_image  # noqa: E402
+from lscindex.embedding import build_store  # noqa: E402
+from lscindex.run import open_run  # noqa: E402
 
 
 def main() -> None:

@@ -110,6 +110,7 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
     from lscindex.assignment import match_classes
     from lscindex.losses import create_loss
     from lscindex.model import ModelConfig, create_model
+    from lscindex.training.matching import MEAN_BLOCK  # the block training computes means in
 
     start_rss = peak_rss_mib()
     torch.manual_seed(args.seed)
@@ -119,7 +120,7 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
     def rematch(system: VectorSystem) -> VectorSystem:
         # What training does: class means block by block (here synthetic, a fixed function of
         # the class id), their candidates and the table; only the table stays for the steps.
-        block = 1 << 16
+        block = MEAN_BLOCK
 
         def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for start in range(0, len(class_ids), block):

@@ -18,25 +18,17 @@ from lscindex.errors import (
     RunError,
     StoreError,
 )
-from lscindex.systems import (
-    Decoded,
-    HeadSize,
-    SystemSize,
-    TargetIndex,
-    VectorSystem,
-    count_vectors,
-    n_min,
-    parse_kind,
-    size_systems,
-    softmax_head_size,
-)
+from lscindex.kinds import count_vectors, n_min, parse_kind
+from lscindex.sizing import HeadSize, SystemSize, size_systems, softmax_head_size
+from lscindex.systems import Decoded, VectorSystem
+from lscindex.target_index import TargetIndex
 
 if TYPE_CHECKING:
-    from lscindex.checkpoint import Run, open_run
     from lscindex.embedding import EmbedReport, build_store
     from lscindex.glyphs import GlyphDatasetInfo, build_glyph_dataset
     from lscindex.index import IndexInfo, build_index, load_index
     from lscindex.retrieval import ClassMatch, Neighbor, Retriever
+    from lscindex.run import Run, open_run
     from lscindex.store import EmbeddingStore, open_store
     from lscindex.training import EpochMetrics, TrainConfig, TrainResult, fit
 
@@ -44,8 +36,8 @@ __version__ = "0.1.0"
 
 # name -> module, imported on first access (PEP 562) so `import lscindex` stays light.
 _LAZY = {
-    "Run": "checkpoint",
-    "open_run": "checkpoint",
+    "Run": "run",
+    "open_run": "run",
     "EmbedReport": "embedding",
     "build_store": "embedding",
     "GlyphDatasetInfo": "glyphs",

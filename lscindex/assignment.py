@@ -37,6 +37,7 @@ import numpy as np
 
 from lscindex import _decode
 from lscindex.errors import ConfigError, InputError
+from lscindex.kinds import parse_kind
 
 if TYPE_CHECKING:
     from lscindex.systems import VectorSystem
@@ -139,8 +140,6 @@ def nearest_candidates(
     Returns:
         vector ids (K, k) int64 and cosines (K, k) float32 (``-inf`` for unseen classes).
     """
-    from lscindex.systems import parse_kind
-
     means = np.asarray(means, dtype=np.float32)
     spec = parse_kind(system.kind)
     # nearest_vectors enumerates each sign half of a symmetric system separately

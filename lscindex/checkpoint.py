@@ -1,30 +1,23 @@
-"""Run directories: atomic writes, safetensors weights and a resumable training state.
+"""The resumable training state: checkpoints of weights, optimizer and RNGs, without pickle.
 
-Layout of a run directory::
+Inside a run directory (whose other files :mod:`lscindex.run` owns)::
 
-    config.json          model + training config, data summary, timm data config (format_version)
-    classes.json         class names in label order
-    model.safetensors    latest weights (what embed/query load)
-    assignment.safetensors  class -> vector table of a data-assigned run ("table", int64)
-    metrics.jsonl        one JSON object per finished epoch
-    curves.png           loss / accuracy curves
     checkpoints/latest.json            -> name of the newest complete checkpoint
-    checkpoints/step-000001234/        model.safetensors, optimizer.safetensors, state.json
+    checkpoints/step-000001234/        model.safetensors, [assignment.safetensors],
+                                       optimizer.safetensors, state.json
 
-Nothing is pickled: tensors go to safetensors, everything else to JSON. A checkpoint directory is
-written under a temporary name, fsynced and renamed, then ``latest.json`` is atomically replaced;
-a crash at any point leaves the previous checkpoint intact and pointed to.
+Tensors go to safetensors, everything else to JSON. A checkpoint directory is written under a
+temporary name, fsynced and renamed, then ``latest.json`` is atomically replaced; a crash at any
+point leaves the previous checkpoint intact and pointed to.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,97 +25,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from lscindex._io import _DIR_MODE, _fsync_dir, atomic_write_bytes, atomic_write_json
-from lscindex.assignment import table_sha256
-from lscindex.errors import RunError
+from lscindex._io import atomic_write_json, public_dir_mode, swap_dir
+from lscindex.run import (
+    ASSIGNMENT,
+    CHECKPOINTS,
+    WEIGHTS,
+    load_assignment,
+    load_weights,
+    publish_weights,
+    save_assignment,
+    save_weights,
+)
 
 __all__ = [
-    "FORMAT_VERSION",
     "TrainingState",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "load_assignment",
-    "load_run_config",
+    "capture_rng",
     "load_training_state",
-    "load_weights",
-    "run_fingerprint",
-    "save_assignment",
+    "restore_rng",
     "save_training_state",
-    "save_weights",
 ]
-
-FORMAT_VERSION = 1
-CONFIG = "config.json"
-CLASSES = "classes.json"
-WEIGHTS = "model.safetensors"
-ASSIGNMENT = "assignment.safetensors"
-METRICS = "metrics.jsonl"
-CURVES = "curves.png"
-CHECKPOINTS = "checkpoints"
-
-
-def save_weights(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, torch.Tensor],
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Atomically save tensors (moved to CPU, made contiguous) as a safetensors file."""
-    from safetensors.torch import save
-
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(clean, metadata=dict(metadata or {})))
-
-
-def _weights_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise RunError(f"weights file {path} does not exist; train a run first")
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file onto the CPU (no unpickling)."""
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise RunError(f"weights file {path} does not exist; train a run first")
-    return dict(load_file(str(path), device="cpu"))
-
-
-def run_fingerprint(run_dir: str | os.PathLike[str]) -> str:
-    """16 hex digits of sha256 over the run's config, weights and assignment table, if any.
-
-    Pairs stores and indexes with the run (and so with the targets) they were built from.
-    """
-    run_dir = Path(run_dir)
-    digest = hashlib.sha256()
-    names = [CONFIG, WEIGHTS]
-    if (run_dir / ASSIGNMENT).is_file():  # runs with the codec have none: fingerprints unchanged
-        names.append(ASSIGNMENT)
-    for name in names:
-        with open(run_dir / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed config.json of a run, checked for a known format version."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir} is not an lscindex run (no {CONFIG}); train one with lscindex train"
-        )
-    config: dict[str, Any] = json.loads(path.read_text())
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise RunError(
-            f"run {run_dir} has format_version {version!r}, this lscindex reads {FORMAT_VERSION}; "
-            f"upgrade lscindex or retrain"
-        )
-    return config
 
 
 # -- optimizer state without pickle ----------------------------------------------------
@@ -222,7 +143,7 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.global_step:09d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    tmp.chmod(_DIR_MODE)
+    tmp.chmod(public_dir_mode())
     try:
         opt_tensors, opt_meta = _split_optimizer(state.optimizer)
         rng_tensors = {"rng.torch": state.rng["torch"], "rng.numpy": state.rng["numpy"]["keys"]}
@@ -248,21 +169,18 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
             },
         )
         final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        swap_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_json(root / "latest.json", {"checkpoint": name})
-    metadata = {"epoch": str(state.epoch), "global_step": str(state.global_step)}
-    if state.assignment is not None:
-        # Two files cannot be replaced at once: the weights name the table they go with, so a
-        # crash between the two writes is detected by open_run instead of decoding wrongly.
-        save_assignment(run_dir / ASSIGNMENT, state.assignment)
-        metadata["assignment_sha256"] = table_sha256(state.assignment)
-    save_weights(run_dir / WEIGHTS, state.model, metadata)
+    publish_weights(
+        run_dir,
+        state.model,
+        epoch=state.epoch,
+        global_step=state.global_step,
+        assignment=state.assignment,
+    )
     for old in root.iterdir():
         if old.is_dir() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -296,118 +214,4 @@ def load_training_state(run_dir: str | os.PathLike[str]) -> TrainingState | None
         assignment=load_assignment(folder / ASSIGNMENT)
         if (folder / ASSIGNMENT).is_file()
         else None,
-    )
-
-
-def save_assignment(path: str | os.PathLike[str], table: np.ndarray) -> None:
-    """Atomically save an assignment table ((n_classes,) int64) as safetensors (``"table"``)."""
-    save_weights(path, {"table": torch.from_numpy(np.asarray(table, dtype=np.int64))})
-
-
-def load_assignment(path: str | os.PathLike[str]) -> np.ndarray:
-    """The (n_classes,) int64 assignment table saved by :func:`save_assignment`."""
-    tensors = load_weights(path)
-    if set(tensors) != {"table"} or tensors["table"].dtype != torch.int64:
-        raise RunError(
-            f"{path} is not an lscindex assignment table (expected one int64 tensor 'table'); "
-            f"the run is damaged, train it again"
-        )
-    return tensors["table"].numpy()
-
-
-@dataclass
-class Run:
-    """A trained run opened for inference (see :func:`open_run`).
-
-    Attributes:
-        path: the run directory.
-        config: parsed config.json.
-        model: the encoder with its weights, in eval mode on ``device``.
-        system: the vector system (None for a ``ce`` run).
-        class_names: names in label order.
-        class_keys: the folder names / manifest labels the classes were read from.
-        transform: timm eval transform (PIL image -> (3, H, W) float tensor).
-        fingerprint: :func:`run_fingerprint` of the run.
-    """
-
-    path: Path
-    config: dict[str, Any]
-    model: Any
-    system: Any
-    class_names: list[str]
-    class_keys: list[str]
-    transform: Any
-    fingerprint: str
-    device: torch.device
-
-
-def find_run(root: str | os.PathLike[str] = "runs") -> Path | None:
-    """The most recently trained run directly under ``root`` (None when there is none)."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    runs = [p for p in root.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file()]
-    return max(runs, key=lambda p: (p / WEIGHTS).stat().st_mtime) if runs else None
-
-
-def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
-    """Load a run's encoder, vector system, class names and eval transform; nothing is re-asked.
-
-    Raises:
-        RunError: not a run, unknown format version, missing weights.
-
-    Example:
-        >>> run = open_run("runs/glyphs")          # doctest: +SKIP
-        >>> run.system.dim, len(run.class_names)   # doctest: +SKIP
-    """
-    from lscindex.model import ModelConfig, create_eval_transform, create_model
-    from lscindex.systems import VectorSystem
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"run directory {run_dir} does not exist; train one with lscindex train")
-    config = load_run_config(run_dir)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_config = ModelConfig.from_dict(config["model"])
-    system = None
-    if model_config.system is not None:
-        data_assigned = model_config.system.get("assignment") == "data"
-        if data_assigned and not (run_dir / ASSIGNMENT).is_file():
-            raise RunError(
-                f"run {run_dir} uses a data assignment but has no {ASSIGNMENT}; the run is "
-                f"incomplete or damaged, resume or retrain it"
-            )
-        table = load_assignment(run_dir / ASSIGNMENT) if data_assigned else None
-        if table is not None and _weights_metadata(run_dir / WEIGHTS).get(
-            "assignment_sha256"
-        ) != table_sha256(table):
-            raise RunError(
-                f"{run_dir / ASSIGNMENT} is not the table {run_dir / WEIGHTS} was trained with "
-                f"(training stopped between saving the two); resume the run to write both again"
-            )
-        system = VectorSystem.from_dict(model_config.system, table=table)
-    model = create_model(model_config)
-    weights = load_weights(run_dir / WEIGHTS)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise RunError(
-            f"weights of {run_dir} do not fit its config (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); the run is damaged, retrain it"
-        )
-    model.eval().to(device)
-    names = json.loads((run_dir / CLASSES).read_text())
-    keys_path = run_dir / "class_keys.json"
-    keys = json.loads(keys_path.read_text()) if keys_path.is_file() else names
-    transform = create_eval_transform(config["data_config"])
-    return Run(
-        path=run_dir,
-        config=config,
-        model=model,
-        system=system,
-        class_names=names,
-        class_keys=keys,
-        transform=transform,
-        fingerprint=run_fingerprint(run_dir),
-        device=torch.device(device),
     )

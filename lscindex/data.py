@@ -8,14 +8,17 @@ Two sources are understood:
   to the manifest's folder unless absolute; labels integers or class names; split ``train``/``val``)
   for class counts where millions of folders would be unwieldy.
 
-Unreadable images never stop a run: :class:`ImageDataset` returns ``None`` for them and
-:func:`collate_skipping` drops them and counts how many it dropped.
+Every image is opened by :func:`read_image`, for training, embedding and queries alike, so an
+image is either readable everywhere or nowhere. Unreadable images never stop a run:
+:class:`ImageDataset` returns ``None`` for them and :func:`collate_skipping` drops them and counts
+how many it dropped.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +32,23 @@ from lscindex.errors import ConfigError, DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MANIFEST_SUFFIXES",
+    "MIN_IMAGE_SIDE",
     "DatasetSplits",
     "ImageDataset",
+    "ManifestRow",
     "collate_skipping",
     "list_images",
     "load_dataset",
-    "load_image",
+    "read_image",
+    "read_manifest",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
+MANIFEST_SUFFIXES = (".parquet", ".csv")
+MIN_IMAGE_SIDE = 4
 
 
 @dataclass(frozen=True)
@@ -120,56 +129,116 @@ def _split_fraction(
     return train, val
 
 
-def _read_manifest(path: Path) -> Any:
+@dataclass(frozen=True)
+class ManifestRow:
+    """One row of a manifest file.
+
+    Attributes:
+        path: the image file, resolved against the manifest's folder unless absolute.
+        label: the ``label`` value: an int class id where the column has an integer type, else
+            the value as a string (a class name or key); None where the row or the manifest has
+            no label.
+        split: the ``split`` value lower-cased (``train``, ``val``, ...), None without the column.
+        id: the ``id`` value, else ``path`` as the manifest writes it.
+        class_name: the ``class_name`` value (names integer labels), else None.
+    """
+
+    path: str
+    label: int | str | None
+    split: str | None
+    id: str
+    class_name: str | None = None
+
+
+def read_manifest(
+    path: str | os.PathLike[str], *, require_label: bool = False
+) -> list[ManifestRow]:
+    """Read a ``.parquet`` or ``.csv`` manifest (columns ``path[, label, split, id, class_name]``).
+
+    One label rule for every reader: an integer-typed ``label`` column holds class ids, any other
+    type holds class names/keys (compared as strings), and a null is "no label".
+
+    Returns:
+        One :class:`ManifestRow` per row, in file order.
+
+    Raises:
+        DataError: unreadable file, no ``path`` column, or no ``label`` column where
+            ``require_label``.
+    """
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    path = Path(path)
     try:
-        if path.suffix.lower() == ".parquet":
-            return pq.read_table(path)
-        return pacsv.read_csv(path)
+        table = pq.read_table(path) if path.suffix.lower() == ".parquet" else pacsv.read_csv(path)
     except Exception as exc:
         raise DataError(f"cannot read manifest {path}: {exc}") from exc
+    columns = table.column_names
+    required = {"path", "label"} if require_label else {"path"}
+    missing = sorted(required - set(columns))
+    if missing:
+        needs = "path,label[,split]" if require_label else "path[,label][,id]"
+        raise DataError(
+            f"manifest {path} lacks column(s) {missing}; it needs {needs} (has {columns})"
+        )
+
+    def column(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in columns else [None] * table.num_rows
+
+    written = [str(p) for p in table.column("path").to_pylist()]
+    ids = [str(i) for i in table.column("id").to_pylist()] if "id" in columns else written
+    labels: list[Any] = column("label")
+    if "label" in columns:
+        kind = table.column("label").type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not pa.types.is_integer(kind):
+            labels = [None if v is None else str(v) for v in labels]
+    splits = [str(v).lower() if "split" in columns else None for v in column("split")]
+    names = [None if v is None else str(v) for v in column("class_name")]
+    return [
+        ManifestRow(p if os.path.isabs(p) else str(path.parent / p), label, split, item, name)
+        for p, label, split, item, name in zip(written, labels, splits, ids, names, strict=True)
+    ]
 
 
 def _from_manifest(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
-    table = _read_manifest(path)
-    missing = {"path", "label"} - set(table.column_names)
-    if missing:
-        raise DataError(
-            f"manifest {path} lacks column(s) {sorted(missing)}; it needs path,label[,split] "
-            f"(has {table.column_names})"
-        )
-    if table.num_rows == 0:
+    rows = read_manifest(path, require_label=True)
+    if not rows:
         raise DataError(f"no training images found in manifest {path}: it has no rows")
-    paths = [str(p) for p in table.column("path").to_pylist()]
-    raw_labels = table.column("label").to_pylist()
-    base = path.parent
-    paths = [p if os.path.isabs(p) else str(base / p) for p in paths]
-    if all(isinstance(v, int) for v in raw_labels):
-        labels = [int(v) for v in raw_labels]
-        if min(labels) < 0:
-            raise DataError(f"manifest {path} has a negative label {min(labels)}")
-        n = max(labels) + 1
-        if "class_name" in table.column_names:
-            names = ["" for _ in range(n)]
-            for lab, name in zip(labels, table.column("class_name").to_pylist(), strict=True):
-                names[lab] = str(name)
-            names = [name or str(i) for i, name in enumerate(names)]
-        else:
-            names = [str(i) for i in range(n)]
-    else:
-        names = sorted({str(v) for v in raw_labels})
-        index = {name: i for i, name in enumerate(names)}
-        labels = [index[str(v)] for v in raw_labels]
-    samples = list(zip(paths, labels, strict=True))
-    if "split" in table.column_names:
-        splits = [str(s).lower() for s in table.column("split").to_pylist()]
+    unlabelled = [r.path for r in rows if r.label is None]
+    if unlabelled:
+        raise DataError(
+            f"manifest {path} has {len(unlabelled)} row(s) without a label (first: "
+            f"{unlabelled[0]}); give every training row a label"
+        )
+    labels, names = _manifest_classes(path, rows)
+    samples = [(r.path, label) for r, label in zip(rows, labels, strict=True)]
+    if rows[0].split is not None:  # the manifest has a split column
+        splits = [r.split for r in rows]
         train = [s for s, sp in zip(samples, splits, strict=True) if sp == "train"]
         val = [s for s, sp in zip(samples, splits, strict=True) if sp in ("val", "valid", "test")]
     else:
         train, val = _split_fraction(samples, val_fraction, seed)
     return DatasetSplits(train, val, names, str(path))
+
+
+def _manifest_classes(path: Path, rows: list[ManifestRow]) -> tuple[list[int], list[str]]:
+    """Class ids and names of labelled rows: integer labels are the ids (named by a
+    ``class_name`` column, else by the number); string labels become classes in sorted order."""
+    labels = [r.label for r in rows if isinstance(r.label, int)]
+    if len(labels) == len(rows):
+        if min(labels) < 0:
+            raise DataError(f"manifest {path} has a negative label {min(labels)}")
+        names = ["" for _ in range(max(labels) + 1)]
+        for label, row in zip(labels, rows, strict=True):
+            if row.class_name is not None:
+                names[label] = row.class_name
+        return labels, [name or str(i) for i, name in enumerate(names)]
+    names = sorted({str(r.label) for r in rows})
+    index = {name: i for i, name in enumerate(names)}
+    return [index[str(r.label)] for r in rows], names
 
 
 def load_dataset(
@@ -200,7 +269,7 @@ def load_dataset(
             f"or a .parquet/.csv manifest"
         )
     if path.is_file():
-        if path.suffix.lower() not in (".parquet", ".csv"):
+        if path.suffix.lower() not in MANIFEST_SUFFIXES:
             raise DataError(
                 f"{path} is neither a folder nor a .parquet/.csv manifest with path,label columns"
             )
@@ -245,20 +314,52 @@ def _display_names(root: Path, keys: list[str]) -> list[str]:
     return keys
 
 
-def load_image(path: str) -> Any:
-    """Open an image as RGB (grayscale and palette images are converted)."""
-    from PIL import Image
+def read_image(path: str | os.PathLike[str]) -> Any:
+    """Open an image as RGB, or raise DataError with a one-line reason (never hangs).
 
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
+    The one image reader of lscindex (training, embedding and queries). Rejects: missing or
+    non-regular files (FIFOs would block), empty files, undecodable or truncated data, images
+    with a side under ``MIN_IMAGE_SIDE`` (4) px, and images over Pillow's pixel limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``). Grayscale, palette and alpha images are converted to RGB.
+
+    Example:
+        >>> read_image("data/glyphs/val/0041/000.png").mode   # doctest: +SKIP
+        'RGB'
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        reason = "does not exist" if not os.path.lexists(path) else "is not a regular file"
+        raise DataError(f"{path} {reason}")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if min(img.size) < MIN_IMAGE_SIDE:
+                    raise DataError(
+                        f"{path} is {img.size[0]}x{img.size[1]} px, below the "
+                        f"{MIN_IMAGE_SIDE} px minimum side"
+                    )
+                img.load()
+                return img.convert("RGB")
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path} is over Pillow's pixel limit: {exc}") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path} cannot be decoded: {exc}") from None
 
 
 class ImageDataset(Dataset[tuple[Any, int, int] | None]):
     """Map-style dataset of ``(path, label)`` pairs; unreadable files yield ``None``.
 
     ``dataset[i]`` is ``(tensor, label, i)`` with the tensor from ``transform`` (C, H, W), or
-    ``None`` when the file cannot be decoded (truncated, not an image, missing).
+    ``None`` when :func:`read_image` rejects the file (truncated, not an image, missing, ...).
     """
 
     def __init__(
@@ -273,7 +374,7 @@ class ImageDataset(Dataset[tuple[Any, int, int] | None]):
     def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
         path, label = self.samples[index]
         try:
-            image = load_image(path)
+            image = read_image(path)
         except Exception:
             return None
         return (self.transform(image) if self.transform else image), label, index

@@ -14,27 +14,34 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lscindex.checkpoint import Run, open_run
-from lscindex.data import IMAGE_EXTENSIONS, list_images
+from lscindex._distributed import Ranks, process_group, ranks, select_device
+from lscindex._io import swap_dir
+from lscindex.data import (
+    IMAGE_EXTENSIONS,
+    MANIFEST_SUFFIXES,
+    list_images,
+    read_image,
+    read_manifest,
+)
 from lscindex.errors import DataError, StoreError
+from lscindex.model import encode, top_classes
+from lscindex.run import Run, open_run, record_store, recorded_stores
 from lscindex.store import (
-    METADATA_SCHEMA,
+    STORE_FORMAT_VERSION,
     StoreHeader,
     StoreWriter,
     balanced_chunk_rows,
+    metadata_table,
     new_store_id,
     read_header,
     store_exists,
@@ -45,13 +52,12 @@ __all__ = [
     "EmbedReport",
     "build_store",
     "embed_batch",
+    "encode_batch",
     "find_store",
-    "read_image",
     "resolve_inputs",
 ]
 
 DEFAULT_CHUNK_ROWS = 4096
-MIN_IMAGE_SIDE = 4
 
 
 @dataclass(frozen=True)
@@ -74,40 +80,6 @@ class EmbedReport:
     errors: int
     already_complete: bool
     seconds: float
-
-
-def read_image(path: str) -> Any:
-    """Open an image as RGB, or raise DataError with a one-line reason (never hangs).
-
-    Rejects: missing or non-regular files (FIFOs would block), empty files, undecodable or
-    truncated data, images with a side under 4 px, and images over Pillow's pixel limit.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        reason = "does not exist" if not os.path.lexists(path) else "is not a regular file"
-        raise DataError(f"{path} {reason}")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path} is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if min(img.size) < MIN_IMAGE_SIDE:
-                    raise DataError(
-                        f"{path} is {img.size[0]}x{img.size[1]} px, below the "
-                        f"{MIN_IMAGE_SIDE} px minimum side"
-                    )
-                img.load()
-                return img.convert("RGB")
-    except DataError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path} is over Pillow's pixel limit: {exc}") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{path} is not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path} cannot be decoded: {exc}") from None
 
 
 def resolve_inputs(
@@ -141,7 +113,7 @@ def resolve_inputs(
         if source.is_dir():
             for path in list_images(source):
                 items.append(labelled(str(path.relative_to(source)), path, path.parent.name))
-        elif source.suffix.lower() in (".parquet", ".csv"):
+        elif source.suffix.lower() in MANIFEST_SUFFIXES:
             items.extend(_manifest_items(source, lookup, names))
         else:
             items.append(labelled(source.name, source, source.parent.name))
@@ -154,25 +126,15 @@ def resolve_inputs(
 
 
 def _manifest_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path) if path.suffix.lower() == ".parquet" else pacsv.read_csv(path)
-    if "path" not in table.column_names:
-        raise DataError(f"manifest {path} lacks a 'path' column (has {table.column_names})")
-    paths = [str(p) for p in table.column("path").to_pylist()]
-    ids = [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else paths
-    labels = (
-        table.column("label").to_pylist() if "label" in table.column_names else [None] * len(paths)
-    )
+    """Items of a manifest; an integer label is a class id of the run (-1 when out of range), any
+    other label a class key or name of the run (-1 when unknown)."""
     items = []
-    for item_id, p, raw in zip(ids, paths, labels, strict=True):
-        full = p if os.path.isabs(p) else str(path.parent / p)
-        if isinstance(raw, int):
-            label = raw if 0 <= raw < len(names) else -1
+    for row in read_manifest(path):
+        if isinstance(row.label, int):
+            label = row.label if 0 <= row.label < len(names) else -1
         else:
-            label = lookup.get(str(raw), -1) if raw is not None else -1
-        items.append(EmbedItem(item_id, full, label, names[label] if label >= 0 else None))
+            label = lookup.get(row.label, -1) if row.label is not None else -1
+        items.append(EmbedItem(row.id, row.path, label, names[label] if label >= 0 else None))
     return items
 
 
@@ -199,6 +161,21 @@ class _ItemDataset(Dataset[tuple[torch.Tensor, int, str]]):
             return torch.zeros(self.shape), row, f"{self.items[row].path}: {exc}"
 
 
+def encode_batch(run: Run, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's forward pass as embed and query run it: no autograd, fp16 autocast on CUDA.
+
+    Args:
+        images: (B, 3, H, W) float tensor from the run's transform, on any device.
+
+    Returns:
+        :func:`lscindex.model.encode`'s embeddings (B, embed_dim) float32 L2-normalised and
+        outputs (B, out_dim) float32 (lsc: the latent; ce: logits), on the run's device.
+    """
+    amp_dtype = torch.float16 if run.device.type == "cuda" else None
+    with torch.inference_mode():
+        return encode(run.model, images.to(run.device, non_blocking=True), amp_dtype=amp_dtype)
+
+
 def embed_batch(
     run: Run, images: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -211,22 +188,9 @@ def embed_batch(
         embeddings (B, dim) float32 L2-normalised, predicted class (B,) int64, its score (B,)
         float32 (cosine for lsc, softmax probability for ce), novel (B,) bool.
     """
-    model = run.model
-    with torch.inference_mode():
-        x = images.to(run.device, non_blocking=True)
-        with torch.autocast(
-            run.device.type, dtype=torch.float16, enabled=run.device.type == "cuda"
-        ):
-            features = model.features(x)
-            out = model.head(features)
-        if model.config.head == "lsc":
-            emb = F.normalize(out.float(), dim=1)
-            decoded = run.system.decode(emb, k=1)
-            return (emb.cpu().numpy(), decoded.ids[:, 0], decoded.scores[:, 0], decoded.novel)
-        emb = F.normalize(features.float(), dim=1)
-        prob, pred = out.float().softmax(dim=1).max(dim=1)
-        novel = np.zeros(len(x), dtype=bool)
-        return emb.cpu().numpy(), pred.cpu().numpy(), prob.cpu().numpy(), novel
+    embeddings, outputs = encode_batch(run, images)
+    ids, scores, novel = top_classes(outputs, run.system, 1)
+    return embeddings.cpu().numpy(), ids[:, 0], scores[:, 0], novel
 
 
 def _inputs_sha256(items: Sequence[EmbedItem]) -> str:
@@ -275,164 +239,181 @@ def build_store(
         >>> build_store("runs/glyphs", ["data/glyphs/val"], "emb.zarr")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
     if dtype not in ("float16", "float32"):
         raise StoreError(f"dtype must be float16 or float32, got {dtype!r}")
     if chunk_rows < 1 or batch_size < 1:
         raise StoreError(f"chunk_rows and batch_size must be >= 1, got {chunk_rows}, {batch_size}")
+    here = ranks()
     if isinstance(run, Run):
         opened = run
     else:
-        local = os.environ.get("LOCAL_RANK", "0")
-        opened = open_run(
-            run,
-            device=f"cuda:{local}" if device == "auto" and torch.cuda.is_available() else device,
-        )
-    out = Path(out)
-    items = resolve_inputs(inputs, opened.class_keys, opened.class_names)
-    dim = opened.model.embed_dim
-    header = StoreHeader(
-        format_version=1,
+        opened = open_run(run, device=str(select_device(device, here.local_rank)))
+    final = Path(out)
+    # The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
+    with process_group(opened.device, backend="gloo"):
+        items = resolve_inputs(inputs, opened.class_keys, opened.class_names)
+        planned = _plan_header(opened, items, dtype=dtype, chunk_rows=chunk_rows)
+        # --overwrite builds the new store beside the old one and swaps them only when it is
+        # complete, so an interrupted or failed overwrite leaves the existing store intact.
+        scratch = overwrite and store_exists(final)
+        path = final.with_name(f"{final.stem}.new{final.suffix}") if scratch else final
+        writer = _open_or_resume(path, planned, scratch=scratch, here=here)
+        if writer.header.complete:
+            swap = scratch and here.rank == 0  # an overwrite interrupted just before its swap
+            if swap:
+                swap_dir(path, final)
+                record_store(
+                    opened.path, final, store_id=writer.header.store_id, count=writer.header.count
+                )
+            seconds = time.perf_counter() - started
+            return EmbedReport(final, writer.header, 0, 0, not swap, seconds)
+        mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
+        batches = _plan_batches(writer.header, mine, batch_size)
+        done, errors = _write_rows(opened, items, writer, batches, workers, progress)
+        header = _publish(opened, writer, final, here)
+    return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
+
+
+def _plan_header(
+    run: Run, items: Sequence[EmbedItem], *, dtype: str, chunk_rows: int
+) -> StoreHeader:
+    """The header of a new store of ``items`` (rows spread evenly over the chunks)."""
+    return StoreHeader(
+        format_version=STORE_FORMAT_VERSION,
         store_id=new_store_id(),
         count=len(items),
-        dim=dim,
+        dim=run.model.embed_dim,
         dtype=dtype,
         chunk_rows=balanced_chunk_rows(len(items), chunk_rows),
-        system=opened.system.to_dict() if opened.system else None,
-        run=str(opened.path),
-        run_fingerprint=opened.fingerprint,
+        system=run.system.to_dict() if run.system else None,
+        run=str(run.path),
+        run_fingerprint=run.fingerprint,
         inputs_sha256=_inputs_sha256(items),
         complete=False,
     )
 
-    # -- create, resume, or leave alone ---------------------------------------------------------
-    # --overwrite builds the new store beside the old one and swaps them only when it is
-    # complete, so an interrupted or failed overwrite leaves the existing store intact.
-    final = out
-    if overwrite and store_exists(out):
-        out = out.with_name(f"{out.stem}.new{out.suffix}")
-    if rank == 0:
-        writer = _open_writer(out, header, scratch=out != final)
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        writer = StoreWriter.resume(out)
-    if writer.header.complete:
-        if out != final and rank == 0:  # an overwrite interrupted just before its swap
-            _swap_in(out, final)
-            _record_store(opened.path, final, writer.header)
-            return EmbedReport(final, writer.header, 0, 0, False, time.perf_counter() - started)
-        return EmbedReport(final, writer.header, 0, 0, True, time.perf_counter() - started)
-    header = writer.header
-    mine = [c for c in writer.pending_chunks() if c % world == rank]
 
-    # -- batches inside chunks, so every resume recomputes identical batches --------------------
+def _open_or_resume(out: Path, header: StoreHeader, *, scratch: bool, here: Ranks) -> StoreWriter:
+    """Rank 0 creates, resumes or checks the store (see :func:`_open_writer`); the other ranks
+    then resume the store rank 0 opened."""
+    writer = _open_writer(out, header, scratch=scratch) if here.rank == 0 else None
+    if here.world > 1:
+        dist.barrier()
+    return writer if writer is not None else StoreWriter.resume(out)
+
+
+def _plan_batches(header: StoreHeader, chunks: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row batches inside each chunk, so every resume recomputes identical batches."""
     batches: list[list[int]] = []
-    for chunk in mine:
+    for chunk in chunks:
         start, stop = header.chunk_range(chunk)
         batches.extend(
             list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)
         )
-    c, h, w = opened.config["data_config"]["input_size"]
+    return batches
+
+
+class _Batch(NamedTuple):
+    """What :func:`embed_batch` gave for some rows, and why any of them failed ("" if not)."""
+
+    rows: np.ndarray
+    embeddings: np.ndarray
+    pred: np.ndarray
+    score: np.ndarray
+    novel: np.ndarray
+    errors: list[str]
+
+
+def _write_rows(
+    run: Run,
+    items: Sequence[EmbedItem],
+    writer: StoreWriter,
+    batches: list[list[int]],
+    workers: int,
+    progress: Callable[[int, int, float], None] | None,
+) -> tuple[int, int]:
+    """Embed the planned batches; write each chunk once all its rows are in.
+
+    Returns:
+        (rows computed, rows whose image failed).
+    """
+    c, h, w = run.config["data_config"]["input_size"]
     loader: DataLoader[Any] = DataLoader(
-        _ItemDataset(items, opened.transform, (c, h, w)),
+        _ItemDataset(items, run.transform, (c, h, w)),
         batch_sampler=batches,
         num_workers=workers,
-        pin_memory=opened.device.type == "cuda",
+        pin_memory=run.device.type == "cuda",
     )
-    names = opened.class_names
+    header = writer.header
     todo = sum(len(b) for b in batches)
     done = errors = 0
-    buffers: dict[int, list[tuple[np.ndarray, list[dict[str, Any]]]]] = {}
+    pending: dict[int, list[_Batch]] = {}
     tick = time.perf_counter()
     for images, rows, messages in loader:
-        emb, pred, score, novel = embed_batch(opened, images)
-        records = []
-        for j, row in enumerate(rows.tolist()):
-            item, message = items[row], messages[j]
-            ok = not message
-            if not ok:
-                emb[j] = np.nan
-                errors += 1
-            records.append(
-                {
-                    "row": row,
-                    "id": item.id,
-                    "path": item.path,
-                    "label": item.label,
-                    "label_name": item.label_name,
-                    "pred": int(pred[j]) if ok else -1,
-                    "pred_name": names[int(pred[j])] if ok else None,
-                    "score": float(score[j]) if ok else float("nan"),
-                    "novel": bool(novel[j]) if ok else False,
-                    "status": "ok" if ok else "error",
-                    "error": message or None,
-                }
-            )
+        batch = _Batch(rows.numpy(), *embed_batch(run, images), list(messages))
+        errors += sum(1 for m in batch.errors if m)
         chunk = int(rows[0]) // header.chunk_rows
-        buffers.setdefault(chunk, []).append((emb, records))
+        parts = pending.setdefault(chunk, [])
+        parts.append(batch)
         start, stop = header.chunk_range(chunk)
-        if sum(len(r) for _, r in buffers[chunk]) == stop - start:
-            parts = buffers.pop(chunk)
-            table = pa.Table.from_pylist([r for _, rs in parts for r in rs], schema=METADATA_SCHEMA)
-            writer.write_chunk(chunk, np.concatenate([e for e, _ in parts]), table)
-        done += len(records)
+        if sum(len(p.rows) for p in parts) == stop - start:
+            _write_chunk(writer, chunk, pending.pop(chunk), items, run.class_names)
+        done += len(batch.rows)
         if progress is not None:
             progress(done, todo, done / max(time.perf_counter() - tick, 1e-9))
-    if world > 1:
+    return done, errors
+
+
+def _write_chunk(
+    writer: StoreWriter,
+    chunk: int,
+    parts: list[_Batch],
+    items: Sequence[EmbedItem],
+    class_names: Sequence[str],
+) -> None:
+    """Write one chunk's embeddings (NaN where the image failed) and its metadata."""
+    rows = np.concatenate([p.rows for p in parts])
+    errors = [e for p in parts for e in p.errors]
+    embeddings = np.concatenate([p.embeddings for p in parts])
+    embeddings[np.array([bool(e) for e in errors], dtype=bool)] = np.nan
+    chosen = [items[int(r)] for r in rows]
+    table = metadata_table(
+        rows,
+        ids=[i.id for i in chosen],
+        paths=[i.path for i in chosen],
+        labels=[i.label for i in chosen],
+        label_names=[i.label_name for i in chosen],
+        pred=np.concatenate([p.pred for p in parts]),
+        score=np.concatenate([p.score for p in parts]),
+        novel=np.concatenate([p.novel for p in parts]),
+        errors=errors,
+        class_names=class_names,
+    )
+    writer.write_chunk(chunk, embeddings, table)
+
+
+def _publish(run: Run, writer: StoreWriter, final: Path, here: Ranks) -> StoreHeader:
+    """Once every rank is done: rank 0 marks the store complete, swaps an --overwrite's new
+    store in at ``final`` and records it in the run; every rank returns the final header."""
+    if here.world > 1:
         dist.barrier()
-    if rank == 0:
+    header = writer.header
+    if here.rank == 0:
         header = writer.finalize()
-        if out != final:
-            _swap_in(out, final)
-        _record_store(opened.path, final, header)
-    if world > 1:
+        if writer.path != final:
+            swap_dir(writer.path, final)
+        record_store(run.path, final, store_id=header.store_id, count=header.count)
+    if here.world > 1:
         dist.barrier()
         header = read_header(final)
-    return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
-
-
-def _swap_in(new: Path, final: Path) -> None:
-    """Replace ``final`` by the finished store ``new`` (old one renamed aside, then removed)."""
-    import shutil
-
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    os.replace(final, old)
-    os.replace(new, final)
-    shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def _record_store(run_dir: Path, out: Path, header: StoreHeader) -> None:
-    """Note the finished store in the run's stores.json, so query can find it with no flags."""
-    import json
-
-    from lscindex._io import atomic_write_json
-
-    listing = run_dir / "stores.json"
-    try:
-        stores = json.loads(listing.read_text()) if listing.is_file() else []
-    except ValueError:
-        stores = []
-    entry = {"path": str(out.resolve()), "store_id": header.store_id, "count": header.count}
-    stores = [s for s in stores if s.get("path") != entry["path"]] + [entry]
-    atomic_write_json(listing, stores)
+    return header
 
 
 def find_store(run_dir: str | os.PathLike[str]) -> Path | None:
     """The newest store recorded for a run that still exists (None when there is none)."""
-    import json
-
-    listing = Path(run_dir) / "stores.json"
-    if not listing.is_file():
-        return None
-    for entry in reversed(json.loads(listing.read_text())):
-        if store_exists(entry["path"]):
-            return Path(entry["path"])
+    for path in reversed(recorded_stores(run_dir)):
+        if store_exists(path):
+            return path
     return None
 
 

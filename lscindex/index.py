@@ -11,7 +11,6 @@ vectors, so inner product is cosine similarity.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lscindex._io import atomic_write_json
+from lscindex._io import atomic_write_json, file_sha256, fsync_dir
 from lscindex.errors import ConfigError, StoreError
 from lscindex.store import EmbeddingStore, open_store
 
@@ -50,14 +49,6 @@ def default_index_path(store: str | os.PathLike[str]) -> Path:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def readable_rows(store: EmbeddingStore) -> np.ndarray:
@@ -102,15 +93,51 @@ def build_index(
     Example:
         >>> build_index("emb.zarr", factory="HNSW32")   # doctest: +SKIP
     """
-    import faiss
-
     opened = store if isinstance(store, EmbeddingStore) else open_store(store)
     path = Path(out) if out is not None else default_index_path(opened.path)
     good = readable_rows(opened)
     rows = np.flatnonzero(good)
     if len(rows) == 0:
         raise StoreError(f"store {opened.path} has no successfully embedded rows to index")
-    dim = opened.header.dim
+    index = _create_index(factory, opened.header.dim)
+    if not index.is_trained:
+        sample = np.sort(np.random.default_rng(seed).permutation(rows)[:train_size])
+        _train_index(index, opened, sample, factory)
+    add_store_rows(index, opened, good)
+    _write_index(index, path)
+    info = IndexInfo(
+        path=path,
+        factory=factory,
+        dim=opened.header.dim,
+        count=int(index.ntotal),
+        store=str(opened.path),
+        store_fingerprint=opened.fingerprint,
+        sha256=file_sha256(path),
+    )
+    atomic_write_json(
+        _sidecar(path),
+        {
+            "format_version": INDEX_FORMAT_VERSION,
+            "factory": factory,
+            "metric": "inner_product",
+            "dim": info.dim,
+            "count": info.count,
+            "store": info.store,
+            "store_fingerprint": info.store_fingerprint,
+            "sha256": info.sha256,
+        },
+    )
+    return info
+
+
+def _create_index(factory: str, dim: int) -> Any:
+    """An empty ID-mapped inner-product index of ``factory``.
+
+    Raises:
+        ConfigError: a factory string FAISS rejects.
+    """
+    import faiss
+
     try:
         base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -119,52 +146,40 @@ def build_index(
             f"FAISS does not accept the factory string {factory!r} ({first}); try Flat, "
             f"HNSW32 or IVF<nlist>,SQ8"
         ) from None
-    index = faiss.IndexIDMap2(base)
-    if not base.is_trained:
-        sample = np.sort(np.random.default_rng(seed).permutation(rows)[:train_size])
-        vectors = np.asarray(
-            opened.embeddings.oindex[sample]
-            if hasattr(opened.embeddings, "oindex")
-            else opened.embeddings[sample],
-            dtype=np.float32,
-        )
-        try:
-            index.train(vectors)
-        except RuntimeError as exc:
-            raise ConfigError(
-                f"cannot train {factory!r} on {len(vectors):,} vectors ({str(exc).strip()[-200:]});"
-                f" use fewer lists or a Flat/HNSW index for small stores"
-            ) from None
-    add_store_rows(index, opened, good)
+    return faiss.IndexIDMap2(base)
+
+
+def _train_index(index: Any, store: EmbeddingStore, sample: np.ndarray, factory: str) -> None:
+    """Train ``index`` on the store rows ``sample`` (sorted row numbers).
+
+    Raises:
+        ConfigError: FAISS cannot train it on that many vectors (e.g. more lists than rows).
+    """
+    embeddings = store.embeddings
+    vectors = np.asarray(
+        embeddings.oindex[sample] if hasattr(embeddings, "oindex") else embeddings[sample],
+        dtype=np.float32,
+    )
+    try:
+        index.train(vectors)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"cannot train {factory!r} on {len(vectors):,} vectors ({str(exc).strip()[-200:]});"
+            f" use fewer lists or a Flat/HNSW index for small stores"
+        ) from None
+
+
+def _write_index(index: Any, path: Path) -> None:
+    """Write ``index`` to ``path`` atomically (temp file beside it, fsync, rename)."""
+    import faiss
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     faiss.write_index(index, str(tmp))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    info = IndexInfo(
-        path=path,
-        factory=factory,
-        dim=dim,
-        count=int(index.ntotal),
-        store=str(opened.path),
-        store_fingerprint=opened.fingerprint,
-        sha256=_sha256(path),
-    )
-    atomic_write_json(
-        _sidecar(path),
-        {
-            "format_version": INDEX_FORMAT_VERSION,
-            "factory": factory,
-            "metric": "inner_product",
-            "dim": dim,
-            "count": info.count,
-            "store": info.store,
-            "store_fingerprint": info.store_fingerprint,
-            "sha256": info.sha256,
-        },
-    )
-    return info
+    fsync_dir(path.parent)
 
 
 def load_index(
@@ -186,7 +201,7 @@ def load_index(
     meta = json.loads(side.read_text())
     if meta.get("format_version") != INDEX_FORMAT_VERSION:
         raise StoreError(f"index sidecar {side} has an unknown format_version; rebuild the index")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != meta["sha256"]:
         raise StoreError(
             f"index {path} is corrupted (sha256 {digest[:12]}... but its sidecar says "

@@ -12,6 +12,7 @@ import difflib
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +20,15 @@ from torch import nn
 from lscindex.errors import ConfigError
 from lscindex.systems import VectorSystem
 
-__all__ = ["Encoder", "ModelConfig", "create_model"]
+__all__ = [
+    "Encoder",
+    "ModelConfig",
+    "create_eval_transform",
+    "create_model",
+    "create_train_transform",
+    "encode",
+    "top_classes",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +175,28 @@ def create_eval_transform(data_config: dict[str, Any]) -> Any:
     )
 
 
+def create_train_transform(data_config: dict[str, Any], *, augment: bool) -> Any:
+    """timm's training transform for a run's data config.
+
+    Glyph-friendly augmentation: no flips (mirrored characters are other characters), mild crops
+    and no colour jitter; with ``augment=False`` the eval-style resize only.
+    """
+    import timm.data
+
+    return timm.data.create_transform(
+        is_training=augment,
+        no_aug=not augment,
+        scale=(0.7, 1.0),
+        ratio=(0.85, 1.18),
+        hflip=0.0,
+        color_jitter=0.0,
+        input_size=data_config["input_size"],
+        interpolation=data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+    )
+
+
 def create_model(config: ModelConfig, *, pretrained: bool = False) -> Encoder:
     """Build the encoder of ``config`` (random init unless ``pretrained``).
 
@@ -177,3 +208,47 @@ def create_model(config: ModelConfig, *, pretrained: bool = False) -> Encoder:
         torch.Size([2, 10])
     """
     return Encoder(config, pretrained=pretrained)
+
+
+def encode(
+    model: Encoder, images: torch.Tensor, *, amp_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass, as validation, embed and retrieval all do it.
+
+    Args:
+        model: the encoder (not a DDP wrapper), in the mode the caller wants.
+        images: (B, 3, H, W) float, on the model's device.
+        amp_dtype: autocast dtype, or None for full precision.
+
+    Returns:
+        embeddings (B, embed_dim) float32 L2-normalised (lsc: the latent; ce: pooled features),
+        and outputs (B, out_dim) float32: the same latent (lsc) or the logits (ce).
+    """
+    device_type = images.device.type
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        features = model.features(images)
+        out = model.head(features)
+    if model.config.head == "lsc":
+        latent = F.normalize(out.float(), dim=1)
+        return latent, latent
+    return F.normalize(features.float(), dim=1), out.float()
+
+
+def top_classes(
+    outputs: torch.Tensor, system: VectorSystem | None, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` best classes of each row of :func:`encode`'s outputs, best first.
+
+    Returns:
+        ids (B, k) int64, scores (B, k) float32 -- the cosine to the class's target (lsc) or the
+        softmax probability (ce) -- and novel (B,) bool (lsc: the nearest target is unassigned;
+        always False for ce).
+    """
+    if system is not None:
+        decoded = system.decode(outputs, k=k)
+        return decoded.ids, decoded.scores, decoded.novel
+    logits = outputs.float()
+    ids = logits.topk(k, dim=1).indices  # ranked by logit: no ties from underflowed probabilities
+    probs = logits.softmax(dim=1).gather(1, ids)
+    novel = np.zeros(len(outputs), dtype=bool)
+    return ids.cpu().numpy(), probs.cpu().numpy(), novel

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lscindex.errors import RunError
+from lscindex.run import METRICS, read_metrics
 
 __all__ = ["plot_runs"]
 
 
-def _load(run: Path) -> list[dict[str, float]]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise RunError(f"{run} has no metrics.jsonl; pass run directories made by lscindex train")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _load(run: Path) -> list[dict[str, Any]]:
+    if not (run / METRICS).is_file():
+        raise RunError(f"{run} has no {METRICS}; pass run directories made by lscindex train")
+    return read_metrics(run)
 
 
 def plot_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> Path:

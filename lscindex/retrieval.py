@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lscindex.checkpoint import Run, open_run
-from lscindex.embedding import read_image
+from lscindex.data import read_image
+from lscindex.embedding import encode_batch
 from lscindex.errors import InputError, StoreError
 from lscindex.index import default_index_path, load_index
+from lscindex.model import top_classes
+from lscindex.run import Run, open_run
 from lscindex.store import EmbeddingStore, open_store
 
 __all__ = ["ClassMatch", "Neighbor", "Retriever"]
@@ -107,22 +109,17 @@ class Retriever:
         Raises:
             DataError: an unreadable image (the message names it).
         """
-        from lscindex.embedding import embed_batch
-
         if isinstance(images, str | os.PathLike):
             images = [images]
-        tensors = []
-        for image in images:
-            pil = (
-                read_image(str(image))
-                if isinstance(image, str | os.PathLike)
-                else image.convert("RGB")
-            )
-            tensors.append(self.run.transform(pil))
-        if not tensors:
+        if len(images) == 0:
             return np.zeros((0, self._dim), dtype=np.float32)
-        emb, _, _, _ = embed_batch(self.run, torch.stack(tensors))
-        return emb
+        embeddings, _ = self._encode(images)
+        return embeddings.cpu().numpy()
+
+    def _encode(self, images: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings, outputs) of images (paths or PIL images): see :func:`encode_batch`."""
+        batch = torch.stack([self.run.transform(_as_rgb(image)) for image in images])
+        return encode_batch(self.run, batch)
 
     @property
     def _dim(self) -> int:
@@ -155,12 +152,7 @@ class Retriever:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_classes:
             raise InputError(f"k must be in [1, {n_classes}] (the run's classes), got {k!r}")
         extra = min(k + 1, n_classes)  # one more than asked, for the margin of the k-th
-        if self.run.system is not None:
-            decoded = self.run.system.decode(self._as_embeddings(queries), k=extra)
-            ids, scores, novel = decoded.ids, decoded.scores, decoded.novel
-        else:
-            ids, scores = self._softmax_top(queries, extra)
-            novel = np.zeros(len(ids), dtype=bool)
+        ids, scores, novel = top_classes(self._outputs(queries), self.run.system, extra)
         results = []
         for row in range(len(ids)):
             matches = []
@@ -179,23 +171,17 @@ class Retriever:
             results.append(matches)
         return results
 
-    def _softmax_top(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k softmax classes of a ce run, which needs the images (logits, not embeddings)."""
+    def _outputs(self, queries: Any) -> torch.Tensor:
+        """What :func:`top_classes` decodes: embeddings (lsc), which callers may pass
+        themselves, or logits (ce), which need the images."""
+        if self.run.system is not None:
+            return torch.from_numpy(self._as_embeddings(queries))
         if isinstance(queries, np.ndarray | torch.Tensor):
             raise InputError(
                 f"run {self.run.path} has a softmax head: classify it with images, not embeddings"
             )
-        paths = [queries] if isinstance(queries, str | os.PathLike) else list(queries)
-        batch = torch.stack(
-            [
-                self.run.transform(read_image(str(q)) if isinstance(q, str | os.PathLike) else q)
-                for q in paths
-            ]
-        )
-        with torch.inference_mode():
-            probs = self.run.model(batch.to(self.run.device)).float().softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+        _, logits = self._encode([queries] if isinstance(queries, str | os.PathLike) else queries)
+        return logits
 
     # -- stored items -----------------------------------------------------------------
     def search(self, queries: Any, k: int = 5) -> list[list[Neighbor]]:
@@ -227,6 +213,13 @@ class Retriever:
                 found.append(Neighbor(r, ids[r], paths[r], labels[r], names[r], float(score)))
             results.append(found)
         return results
+
+
+def _as_rgb(image: Any) -> Any:
+    """A query image as an RGB PIL image: paths through :func:`read_image`, PIL images converted."""
+    if isinstance(image, str | os.PathLike):
+        return read_image(image)
+    return image.convert("RGB")
 
 
 def _flat_in_memory(store: EmbeddingStore) -> Any:

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ __all__ = [
     "EmbeddingStore",
     "StoreWriter",
     "balanced_chunk_rows",
+    "metadata_table",
     "open_store",
 ]
 
@@ -61,6 +62,50 @@ METADATA_SCHEMA = pa.schema(
     ]
 )
 DTYPES = ("float16", "float32")
+
+
+def metadata_table(
+    rows: Sequence[int] | np.ndarray,
+    *,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    labels: Sequence[int],
+    label_names: Sequence[str | None],
+    pred: np.ndarray,
+    score: np.ndarray,
+    novel: np.ndarray,
+    errors: Sequence[str | None],
+    class_names: Sequence[str],
+) -> pa.Table:
+    """The metadata of a run of rows, in :data:`METADATA_SCHEMA`.
+
+    Args:
+        rows: (B,) store row numbers. ids, paths, labels, label_names: per row, from the inputs
+            (label -1 / name None where there is none).
+        pred: (B,) int class ids. score: (B,) float cosine (ce: probability). novel: (B,) bool.
+        errors: per row, the one-line reason its image failed, or None/"" where it was embedded.
+        class_names: the run's class names, indexed by ``pred``.
+
+    Returns:
+        A table with one row per input. A failed row gets status ``"error"``, its message, pred
+        -1, pred_name null, score NaN and novel False, whatever ``pred``/``score``/``novel`` hold.
+    """
+    ok = np.array([not e for e in errors], dtype=bool)
+    pred = np.where(ok, np.asarray(pred), -1).astype(np.int64)
+    columns = {
+        "row": np.asarray(rows, dtype=np.int64),
+        "id": list(ids),
+        "path": list(paths),
+        "label": np.asarray(labels, dtype=np.int64),
+        "label_name": list(label_names),
+        "pred": pred,
+        "pred_name": [class_names[p] if good else None for p, good in zip(pred, ok, strict=True)],
+        "score": np.where(ok, np.asarray(score, dtype=np.float32), np.float32("nan")),
+        "novel": ok & np.asarray(novel, dtype=bool),
+        "status": ["ok" if good else "error" for good in ok],
+        "error": [e or None for e in errors],
+    }
+    return pa.table(columns, schema=METADATA_SCHEMA)
 
 
 def _is_parquet(path: str | os.PathLike[str]) -> bool:

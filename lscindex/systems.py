@@ -1,23 +1,15 @@
 """Vector systems: fixed class targets, the class <-> target codec, exact nearest-target decoding.
 
 A vector system V^{ab}_n is the set of all distinct coordinate permutations of a base vector in R^n
-with ``a`` entries +1, ``b`` entries -1 and the rest 0 (Gabdullin, arXiv 2512.07509). Kinds:
-
-========  ============================  ================================  =======================
-kind      base vector                   vectors in n dims                 mcs (closest pair cos)
-========  ============================  ================================  =======================
-``v11``   [1, 0, ..., 0, -1]  (``an``)  n(n-1)                            1/2
-``v21``   [1, 1, 0, ..., 0, -1]         n(n-1)(n-2)/2                     2/3
-``v22``   [1, 1, 0, ..., 0, -1, -1]     n(n-1)(n-2)(n-3)/4                3/4
-``vab``   a ones, b minus-ones          C(n, a) C(n-a, b)                 (a+b-1)/(a+b)
-``vabs``  V^{ab} and its negation       2 C(n, a) C(n-a, b)  (a != b)     same as ``vab``
-========  ============================  ================================  =======================
+with ``a`` entries +1, ``b`` entries -1 and the rest 0 (Gabdullin, arXiv 2512.07509); the kinds,
+their vector counts and mcs are in :mod:`lscindex.kinds`.
 
 Class ``c`` owns vector ``sigma(c)`` where ``sigma`` is a seeded Feistel bijection on
 ``[0, n_vectors)``, and vector indices are colex ranks of (plus positions, minus positions), so
 both directions cost O(dim) with no table. The nearest vector of the whole system to an embedding
 is read off its largest and smallest coordinates; decoding skips vectors owned by no class and
-reports the embedding as *novel* when its nearest vector is one of those.
+reports the embedding as *novel* when its nearest vector is one of those. Far above n_min,
+decoding searches a :class:`lscindex.target_index.TargetIndex` instead.
 """
 
 from __future__ import annotations
@@ -25,17 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import re
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from lscindex import _decode
+from lscindex._checks import check_int, to_numpy
 from lscindex._codec import (
     MAX_INDEX,
     FeistelPermutation,
@@ -45,178 +35,32 @@ from lscindex._codec import (
     rank_combinations,
     unrank_combinations,
 )
+from lscindex._threads import default_threads, shared_pool
 from lscindex.assignment import TableAssignment
 from lscindex.errors import CapacityError, ConfigError, InputError
 
+# Kind parsing and counting live in lscindex.kinds; re-exported here for existing imports.
+from lscindex.kinds import DEFAULT_KINDS, KindSpec, count_vectors, n_min, parse_kind
+
 if TYPE_CHECKING:
-    import faiss
+    from lscindex.target_index import TargetIndex
 
 __all__ = [
     "DEFAULT_KINDS",
     "Decoded",
-    "HeadSize",
-    "SystemSize",
-    "TargetIndex",
+    "KindSpec",
     "VectorSystem",
     "count_vectors",
     "n_min",
     "parse_kind",
-    "size_systems",
-    "softmax_head_size",
 ]
 
 CODEC_VERSION = 1
-_KIND_RE = re.compile(r"^v(\d)(\d)(s?)$")
-_ALIASES = {"an": "v11"}
-KINDS_HELP = (
-    "v11 (alias an), v21, v22, any v<a><b> with digits a >= 1, b >= 0, "
-    "and sign-symmetric v<a><b>s with a != b (e.g. v21s)"
-)
 # Grow the candidate count by this factor when too few enumerated vectors belong to classes.
 _GROWTH = 4
 _MAX_CANDIDATES = 4096
 # Batches are split across threads only when each thread gets at least this many rows.
 _MIN_ROWS_PER_THREAD = 2048
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _default_threads() -> int:
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _POOLS_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="lscindex-decode")
-        return _POOLS[workers]
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """A parsed system kind: ``a`` plus-ones, ``b`` minus-ones, ``symmetric`` adds the negation."""
-
-    name: str
-    a: int
-    b: int
-    symmetric: bool
-
-
-def parse_kind(kind: str) -> KindSpec:
-    """Parse a kind name such as ``"v21"``, ``"an"`` or ``"v21s"``.
-
-    Raises:
-        ConfigError: unknown kind (the message lists the valid ones).
-
-    Example:
-        >>> parse_kind("an")
-        KindSpec(name='v11', a=1, b=1, symmetric=False)
-    """
-    if not isinstance(kind, str):
-        raise ConfigError(f"kind must be a string such as 'v21', got {kind!r}")
-    canonical = _ALIASES.get(kind.strip().lower(), kind.strip().lower())
-    match = _KIND_RE.match(canonical)
-    if match is None:
-        raise ConfigError(f"unknown vector system kind {kind!r}; use one of: {KINDS_HELP}")
-    a, b, sym = int(match.group(1)), int(match.group(2)), bool(match.group(3))
-    if a < 1:
-        raise ConfigError(
-            f"unknown vector system kind {kind!r}: it needs at least one +1 entry; "
-            f"use v{b}{a} instead (the mirror image) or one of: {KINDS_HELP}"
-        )
-    if sym and a == b:
-        raise ConfigError(
-            f"kind {kind!r}: v{a}{b} is already sign-symmetric (V = -V); use 'v{a}{b}'"
-        )
-    return KindSpec(canonical, a, b, sym)
-
-
-def _count(spec: KindSpec, dim: int) -> int:
-    if dim < spec.a + spec.b:
-        return 0
-    half = math.comb(dim, spec.a) * math.comb(dim - spec.a, spec.b)
-    return 2 * half if spec.symmetric else half
-
-
-def count_vectors(kind: str, dim: int) -> int:
-    """Exact number of vectors of ``kind`` in ``dim`` dimensions (Python int, any size).
-
-    Example:
-        >>> count_vectors("v21", 14)
-        1092
-    """
-    return _count(parse_kind(kind), _check_int("dim", dim, minimum=1))
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _n_min(spec: KindSpec, n_classes: int) -> int:
-    lo = spec.a + spec.b  # smallest dim with at least one vector
-    if _count(spec, lo) >= n_classes:
-        return lo
-    hi = lo
-    while _count(spec, hi) < n_classes:
-        hi *= 2
-    # invariant: count(lo) < n_classes <= count(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _count(spec, mid) >= n_classes:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def n_min(kind: str, n_classes: int) -> int:
-    """Smallest dimension whose system of ``kind`` holds ``n_classes`` vectors (exact integers).
-
-    Raises:
-        ConfigError: unknown kind or ``n_classes < 1``.
-
-    Example:
-        >>> n_min("v21", 1000), n_min("v21", 600_000), n_min("v11", 1000)
-        (14, 108, 33)
-    """
-    spec = parse_kind(kind)
-    return _n_min(spec, _check_int("n_classes", n_classes, minimum=1))
-
-
-def _max_dot(dim: int, first: tuple[int, int], second: tuple[int, int], same: bool) -> int | None:
-    """Largest dot product between v in V^{first} and w in V^{second} (distinct when ``same``).
-
-    Enumerates the overlap counts (v+w+, v+w-, v-w+, v-w-); the remaining non-zeros of each
-    vector must fit on the other's zeros. None when no such pair exists.
-    """
-    a, b = first
-    a2, b2 = second
-    best = None
-    for pp in range(min(a, a2) + 1):
-        for pm in range(min(a - pp, b2) + 1):
-            for mp in range(min(b, a2 - pp) + 1):
-                for mm in range(min(b - mp, b2 - pm) + 1):
-                    free = (dim - a - b) - (a2 - pp - mp) - (b2 - pm - mm)
-                    if free < 0 or (same and pp == a and mm == b):
-                        continue
-                    dot = pp + mm - pm - mp
-                    best = dot if best is None else max(best, dot)
-    return best
-
-
-def _mcs(spec: KindSpec, dim: int) -> float:
-    dots = [_max_dot(dim, (spec.a, spec.b), (spec.a, spec.b), same=True)]
-    if spec.symmetric:
-        dots.append(_max_dot(dim, (spec.a, spec.b), (spec.b, spec.a), same=False))
-    found = [d for d in dots if d is not None]
-    return max(found) / (spec.a + spec.b) if found else float("nan")
 
 
 @dataclass(frozen=True)
@@ -237,7 +81,8 @@ class Decoded:
 class VectorSystem:
     """A vector system sized for ``n_classes``, with its class codec and decoder.
 
-    Build with :meth:`create`; instances are immutable and compare by their four defining values.
+    Build with :meth:`create`; instances are immutable and compare by :attr:`fingerprint`, i.e.
+    by (kind, dim, n_classes, seed) and, for a data-assigned system, its assignment table.
     The same (kind, dim, n_classes, seed) gives the same targets in every version of lscindex.
 
     Example:
@@ -282,7 +127,7 @@ class VectorSystem:
         """Size a system of ``kind`` for ``n_classes`` classes.
 
         Args:
-            kind: see the module table (``"v21"``, ``"an"``, ``"v21s"``, ...).
+            kind: see :mod:`lscindex.kinds` (``"v21"``, ``"an"``, ``"v21s"``, ...).
             n_classes: number of classes, >= 1.
             dim: latent dimension; None means :func:`n_min`.
             seed: selects which vectors the classes own and in which order.
@@ -292,13 +137,13 @@ class VectorSystem:
             CapacityError: ``dim`` holds fewer vectors than ``n_classes`` (message gives n_min).
         """
         spec = parse_kind(kind)
-        n_classes = _check_int("n_classes", n_classes, minimum=1)
-        seed = _check_int("seed", seed, minimum=0)
-        smallest = _n_min(spec, n_classes)
+        n_classes = check_int("n_classes", n_classes, minimum=1)
+        seed = check_int("seed", seed, minimum=0)
+        smallest = spec.n_min(n_classes)
         if dim is None:
             dim = smallest
-        dim = _check_int("dim", dim, minimum=1)
-        count = _count(spec, dim)
+        dim = check_int("dim", dim, minimum=1)
+        count = spec.count(dim)
         if count < n_classes:
             raise CapacityError(
                 f"{spec.name} at dim {dim} holds {count:,} vectors, fewer than "
@@ -323,7 +168,7 @@ class VectorSystem:
         """
         if table is None:
             return VectorSystem(self._spec, self._dim, self._n_classes, self._seed)
-        assignment = TableAssignment(_to_numpy(table), self._n_vectors)
+        assignment = TableAssignment(to_numpy(table), self._n_vectors)
         if assignment.n != self._n_classes:
             raise InputError(
                 f"assignment table has {assignment.n:,} entries but the system has "
@@ -424,14 +269,17 @@ class VectorSystem:
     @property
     def mcs(self) -> float:
         """Cosine of the closest pair of distinct vectors (nan for a single-vector system)."""
-        return _mcs(self._spec, self._dim)
+        return self._spec.mcs(self._dim)
 
     @property
     def fingerprint(self) -> str:
         """16 hex digits identifying the targets; stored in every artefact built from them.
 
-        Covers the assignment table of a data-assigned system; a codec system's fingerprint is
-        the one every earlier version gave it.
+        It hashes the spec, not the target values: the first 16 hex digits of sha256 over the
+        sorted-key JSON of :meth:`to_dict` (kind, dim, n_classes, seed, codec version), with a
+        data-assigned system's ``"assignment"`` replaced by its table's digest
+        (:func:`lscindex.assignment.table_sha256`). A codec system's fingerprint is the one
+        every earlier version gave it.
         """
         spec = self.to_dict()
         if self._table is not None:
@@ -454,7 +302,7 @@ class VectorSystem:
 
     # -- codec ------------------------------------------------------------------------------------
     def _check_class_ids(self, class_ids: Any) -> np.ndarray:
-        ids = _to_numpy(class_ids)
+        ids = to_numpy(class_ids)
         if ids.dtype.kind not in "iu":
             if ids.size == 0:
                 ids = ids.astype(np.int64)
@@ -477,7 +325,7 @@ class VectorSystem:
 
     def class_ids(self, vector_ids: Any) -> np.ndarray:
         """Class owning each vector index, -1 where no class does (int64, same shape)."""
-        vids = _to_numpy(vector_ids).astype(np.int64)
+        vids = to_numpy(vector_ids).astype(np.int64)
         if vids.size and (vids.min() < 0 or vids.max() >= self._n_vectors):
             raise InputError(
                 f"vector index out of range [0, {self._n_vectors}) for {self.kind} at dim "
@@ -488,7 +336,7 @@ class VectorSystem:
 
     def vectors(self, vector_ids: Any) -> np.ndarray:
         """The system's vectors by index: (len, dim) int8 with entries in {-1, 0, 1}."""
-        vids = _to_numpy(vector_ids).astype(np.int64).reshape(-1)
+        vids = to_numpy(vector_ids).astype(np.int64).reshape(-1)
         negate = vids >= self._half
         base = vids - self._half * negate
         plus = unrank_combinations(base // self._minus_count, self._spec.a, self._binomials)
@@ -525,7 +373,7 @@ class VectorSystem:
 
     # -- decoding ---------------------------------------------------------------------------------
     def _check_embeddings(self, embeddings: Any) -> np.ndarray:
-        e = _to_numpy(embeddings)
+        e = to_numpy(embeddings)
         if e.dtype.kind not in "fiu":
             raise InputError(f"embeddings must be a float array, got dtype {e.dtype}")
         if e.ndim != 2:
@@ -648,13 +496,13 @@ class VectorSystem:
             raise InputError(f"method must be 'auto', 'analytic' or 'index', got {method!r}")
         if method == "index" or (method == "auto" and not self.analytic_is_fast(k)):
             return self.target_index().search(e, k)
-        workers = _default_threads() if threads is None else threads
-        workers = _check_int("threads", workers, minimum=1)
+        workers = default_threads() if threads is None else threads
+        workers = check_int("threads", workers, minimum=1)
         chunks = min(workers, len(e) // _MIN_ROWS_PER_THREAD)
         if chunks < 2:
             return self._decode_analytic(e, k)
         pieces = np.array_split(e, chunks)
-        parts = list(_pool(chunks).map(lambda x: self._decode_analytic(x, k), pieces))
+        parts = list(shared_pool(chunks).map(lambda x: self._decode_analytic(x, k), pieces))
         return Decoded(
             ids=np.concatenate([p.ids for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
@@ -716,6 +564,8 @@ class VectorSystem:
 
     def target_index(self, *, index_type: str = "flat", hnsw_m: int = 32) -> TargetIndex:
         """A cached :class:`TargetIndex` over this system's targets (built on first use)."""
+        from lscindex.target_index import TargetIndex  # it imports Decoded from this module
+
         key = (index_type, hnsw_m)
         with self._index_lock:
             if key not in self._index_cache:
@@ -723,154 +573,6 @@ class VectorSystem:
             return self._index_cache[key]
 
 
-class TargetIndex:
-    """FAISS index over the materialised targets of a system's classes (row i is class i).
-
-    ``index_type="flat"`` (``IndexFlatIP``) is exact and gives the same top-k as
-    :meth:`VectorSystem.decode` (ties aside); ``"hnsw"`` (``IndexHNSWFlat``, inner product) is
-    approximate. It holds an (n_classes, dim) float32 matrix: the path for dims far above n_min.
-
-    Example:
-        >>> system = VectorSystem.create("v21", 1000, dim=40)
-        >>> index = TargetIndex(system)
-        >>> index.search(system.targets([3]), k=2).ids[0, 0]
-        np.int64(3)
-    """
-
-    def __init__(
-        self,
-        system: VectorSystem,
-        *,
-        index_type: str = "flat",
-        hnsw_m: int = 32,
-        ef_search: int = 128,
-        chunk_size: int = 65536,
-    ) -> None:
-        import faiss
-
-        self.system = system
-        self.index_type = index_type
-        if index_type == "flat":
-            self.index: faiss.Index = faiss.IndexFlatIP(system.dim)
-        elif index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(system.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = ef_search
-            self.index = index
-        else:
-            raise ConfigError(f"index_type must be 'flat' or 'hnsw', got {index_type!r}")
-        for start in range(0, system.n_classes, chunk_size):
-            stop = min(start + chunk_size, system.n_classes)
-            self.index.add(system.targets(np.arange(start, stop)))
-
-    def search(self, embeddings: Any, k: int = 1) -> Decoded:
-        """Same contract as :meth:`VectorSystem.decode`, answered by FAISS."""
-        system = self.system
-        e = system._check_embeddings(embeddings)
-        k = system._check_k(k)
-        norms = np.linalg.norm(e, axis=1, keepdims=True)
-        query = np.ascontiguousarray(e / np.maximum(norms, np.finfo(np.float32).tiny))
-        if self.index_type == "hnsw":
-            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, k)  # type: ignore[attr-defined]
-        scores, ids = self.index.search(query, k)
-        return Decoded(
-            ids=ids.astype(np.int64),
-            scores=scores.astype(np.float32),
-            novel=system.is_novel(e),
-        )
-
-
 def _norms(e: np.ndarray) -> np.ndarray:
     """(B,) float64 L2 norms of the rows of a (B, n) float32 array."""
     return np.sqrt(np.einsum("ij,ij->i", e, e)).astype(np.float64)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """numpy view/copy of an array-like; torch tensors (any device, any dtype) go to CPU."""
-    if type(x).__module__.startswith("torch"):
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach()
-            if x.is_floating_point():
-                x = x.to(dtype=torch.float32)
-            return np.asarray(x.cpu().numpy())
-    if isinstance(x, np.ndarray):
-        return x
-    if isinstance(x, Sequence | int | float | np.generic):
-        return np.asarray(x)
-    try:
-        return np.asarray(x)
-    except Exception as exc:  # pragma: no cover - depends on exotic inputs
-        raise InputError(f"expected an array, got {type(x).__name__}") from exc
-
-
-DEFAULT_KINDS = ("v11", "v21", "v21s", "v22")
-
-
-@dataclass(frozen=True)
-class SystemSize:
-    """What one vector system costs for a given class count (see :func:`size_systems`)."""
-
-    kind: str
-    n_classes: int
-    dim: int
-    n_vectors: int
-    mcs: float
-    embedding_bytes_fp16: int
-    embedding_bytes_fp32: int
-    target_matrix_bytes: int
-
-
-@dataclass(frozen=True)
-class HeadSize:
-    """What a learned softmax head costs for a given class count (see :func:`softmax_head_size`)."""
-
-    n_classes: int
-    feature_dim: int
-    params: int
-    weight_bytes: int
-    training_bytes: int
-
-
-def size_systems(n_classes: int, kinds: Sequence[str] = DEFAULT_KINDS) -> list[SystemSize]:
-    """Sizing table: each kind at its n_min for ``n_classes``.
-
-    ``target_matrix_bytes`` is what materialising all targets as float32 would take (the FAISS
-    path); the analytic decoder never builds it.
-
-    Example:
-        >>> [(r.kind, r.dim) for r in size_systems(1000, ["v21", "v11"])]
-        [('v21', 14), ('v11', 33)]
-    """
-    n_classes = _check_int("n_classes", n_classes, minimum=1)
-    rows = []
-    for kind in kinds:
-        spec = parse_kind(kind)
-        dim = _n_min(spec, n_classes)
-        rows.append(
-            SystemSize(
-                kind=spec.name,
-                n_classes=n_classes,
-                dim=dim,
-                n_vectors=_count(spec, dim),
-                mcs=_mcs(spec, dim),
-                embedding_bytes_fp16=2 * dim,
-                embedding_bytes_fp32=4 * dim,
-                target_matrix_bytes=4 * dim * n_classes,
-            )
-        )
-    return rows
-
-
-def softmax_head_size(n_classes: int, *, feature_dim: int = 384) -> HeadSize:
-    """Cost of a learned linear softmax head: weights and bias, and with gradient + Adam state.
-
-    Example:
-        >>> softmax_head_size(600_000).training_bytes / 1e9
-        3.6960...
-    """
-    n_classes = _check_int("n_classes", n_classes, minimum=1)
-    feature_dim = _check_int("feature_dim", feature_dim, minimum=1)
-    params = n_classes * (feature_dim + 1)
-    # fp32 weights, their gradient and Adam's two moments.
-    return HeadSize(n_classes, feature_dim, params, 4 * params, 16 * params)

@@ -1,58 +1,81 @@
-"""Shared test helpers."""
+"""Shared fixtures. Plain helper functions live in helpers.py (conftest is not imported)."""
 
 from __future__ import annotations
 
-import numpy as np
+import shutil
+from pathlib import Path
 
-
-def assert_topk_exact(
-    ids: np.ndarray, scores: np.ndarray, all_scores: np.ndarray, *, tol: float = 1e-5
-) -> None:
-    """Check a top-k answer against the full (B, n_classes) cosine matrix, tolerating ties.
-
-    Exact up to ties means: each returned score is the true score of the returned id, the
-    returned scores equal the k best true scores, and no id repeats within a row. Two ids whose
-    scores differ by less than ``tol`` may come in either order.
-    """
-    k = ids.shape[1]
-    true = np.take_along_axis(all_scores, ids, axis=1)
-    np.testing.assert_allclose(scores, true, atol=tol)
-    best = -np.sort(-all_scores, axis=1)[:, :k]
-    np.testing.assert_allclose(scores, best, atol=tol)
-    assert all(len(set(row)) == k for row in ids.tolist())
-    assert (np.diff(scores, axis=1) <= tol).all()
-
-
-def make_image_folder(
-    root, *, n_classes: int = 6, per_class: int = 8, size: int = 32, val: int = 2
-):  # type: ignore[no-untyped-def]
-    """A learnable ImageFolder (train/, val/): class c is a bright block at spot c on noise."""
-    from pathlib import Path
-
-    from PIL import Image
-
-    root = Path(root)
-    rng = np.random.default_rng(0)
-    grid = int(np.ceil(np.sqrt(n_classes)))
-    cell = size // grid
-    for split, count in (("train", per_class), ("val", val)):
-        for c in range(n_classes):
-            folder = root / split / f"class_{c:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                img = (rng.random((size, size)) * 60).astype(np.uint8)
-                y, x = divmod(c, grid)
-                img[y * cell : (y + 1) * cell, x * cell : (x + 1) * cell] = 230
-                mode = "L" if i % 2 else "RGB"
-                pic = Image.fromarray(img)
-                (pic if mode == "L" else pic.convert("RGB")).save(folder / f"{i:03d}.png")
-    return root
-
-
-import pytest  # noqa: E402
+import pytest
+from helpers import make_image_folder
 
 
 @pytest.fixture(scope="session")
-def image_folder(tmp_path_factory):  # type: ignore[no-untyped-def]
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 classes x 16 train / 2 val images, 32 px."""
     return make_image_folder(tmp_path_factory.mktemp("data") / "blocks", n_classes=6, per_class=16)
+
+
+@pytest.fixture(scope="session")
+def trained_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test_resnet run fitted to ``image_folder`` (8 epochs): trained once per session.
+
+    Tests use :func:`run_dir`, a copy of it, and never embed with this one after :func:`store`.
+    """
+    from lscindex.training import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("runs") / "blocks"
+    fit(
+        TrainConfig(
+            data=str(image_folder),
+            out=str(out),
+            model="test_resnet",
+            epochs=8,
+            batch_size=16,
+            workers=0,
+            lr=3e-3,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(trained_run: Path, image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``image_folder`` (108 images) embedded with the trained run into a zarr store, 4 chunks."""
+    from lscindex.embedding import build_store
+
+    out = tmp_path_factory.mktemp("stores") / "emb.zarr"
+    build_store(trained_run, [image_folder], out, chunk_rows=32, batch_size=16, workers=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained_run: Path, store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This test module's copy of the trained run, taken once :func:`store` was embedded with it.
+
+    Same weights and fingerprint; its stores.json lists ``store`` last. Every store embedded
+    with a run is recorded there, and a copy per module keeps the stores one module embeds out
+    of the next module's run, whatever order the modules run in.
+    """
+    out = tmp_path_factory.mktemp("runs") / "blocks"
+    shutil.copytree(trained_run, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second run on the same data (1 epoch, another seed): another fingerprint."""
+    from lscindex.training import TrainConfig, fit
+
+    out = tmp_path_factory.mktemp("runs") / "other"
+    fit(
+        TrainConfig(
+            data=str(image_folder),
+            out=str(out),
+            model="test_resnet",
+            epochs=1,
+            batch_size=16,
+            workers=0,
+            seed=5,
+        )
+    )
+    return out

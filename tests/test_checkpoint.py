@@ -1,33 +1,12 @@
-"""lscindex.checkpoint: atomic writes, pickle-free optimizer state, checkpoint pointer."""
+"""lscindex.checkpoint: pickle-free optimizer state, RNG states, checkpoint pointer."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
 from lscindex import checkpoint as ckpt
-from lscindex.errors import RunError
-
-
-def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path: Path) -> None:
-    target = tmp_path / "x.json"
-    ckpt.atomic_write_json(target, {"a": 1})
-    ckpt.atomic_write_json(target, {"a": 2})
-    assert json.loads(target.read_text()) == {"a": 2}
-    assert os.listdir(tmp_path) == ["x.json"]
-
-
-def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
-    target = tmp_path / "x.json"
-    ckpt.atomic_write_json(target, {"a": 1})
-    with pytest.raises(TypeError):
-        ckpt.atomic_write_bytes(target, object())  # type: ignore[arg-type]
-    assert json.loads(target.read_text()) == {"a": 1}
-    assert os.listdir(tmp_path) == ["x.json"]
 
 
 def _trained_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -119,13 +98,3 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / ".step-000000002.abc").mkdir()
     loaded = ckpt.load_training_state(tmp_path)
     assert loaded is not None and loaded.global_step == 1
-
-
-def test_run_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match="not an lscindex run"):
-        ckpt.load_run_config(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"format_version": 99}))
-    with pytest.raises(RunError, match="format_version 99"):
-        ckpt.load_run_config(tmp_path)
-    with pytest.raises(RunError, match="does not exist"):
-        ckpt.load_weights(tmp_path / "none.safetensors")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import re
 import subprocess
 import sys
+from typing import Any, Literal, get_origin, get_type_hints
 
 import pytest
+import typer.main
 
 from lscindex_cli.main import main
 
@@ -130,3 +135,239 @@ def test_train_bad_input_is_one_line(
 def test_plot_of_a_folder_without_metrics(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     code, _, err = run_cli(["plot", str(tmp_path)], capsys)
     assert code == 1 and "has no metrics.jsonl" in err
+
+
+# -- the command tree, as typer builds it -----------------------------------------------------
+
+
+def click_command(*path: str) -> Any:
+    """The click command at ``path`` ("train", or "data", "glyphs") of the lscindex app."""
+    from lscindex_cli.main import app
+
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def leaf_commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if not hasattr(command, "commands"):
+        return [path]
+    return [p for name, sub in command.commands.items() for p in leaf_commands(sub, (*path, name))]
+
+
+# -- train: options single-sourced from TrainConfig -------------------------------------------
+
+
+def test_train_exposes_every_train_config_field() -> None:
+    from lscindex.training import TrainConfig
+    from lscindex_cli.train_cmd import HELP
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {p.name for p in click_command("train").params} == names | {"resume", "debug"}
+    assert set(HELP) == names, "each TrainConfig field needs its help text in train_cmd.HELP"
+
+
+def listed_options(help_text: str) -> dict[str, tuple[str, str | None]]:
+    """``--name -> (type, default)`` of each option row of a rich --help screen (wrapped or not)."""
+    rows: dict[str, str] = {}
+    name = None
+    for line in help_text.splitlines():
+        start = re.match(r"\W*(--[\w-]+)\s", line)
+        if start:
+            name = start.group(1)
+            rows[name] = ""
+        if name is not None:
+            rows[name] += " " + line.strip("│ ")
+    listed = {}
+    for name, text in rows.items():
+        kind = re.search(r"<(\w+)>", text)
+        default = re.search(r"\[default:\s+([^\]]+)\]", text)
+        listed[name] = (kind.group(1) if kind else "", default.group(1) if default else None)
+    return listed
+
+
+def test_train_help_lists_each_option_with_the_train_config_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lscindex.training import TrainConfig
+
+    monkeypatch.setenv("COLUMNS", "300")  # one row per option
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    hints = get_type_hints(TrainConfig)
+    expected = {"--resume": ("bool", "no-resume")}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "data":
+            assert re.search(r"\bdata\s+<path>\s+ImageFolder", out)
+            continue
+        hint = hints[f.name]
+        if f.name == "out":
+            shown = ("path", str(f.default))
+        elif f.name == "dim":
+            shown = ("str", "auto")  # None: the system's n_min
+        elif get_origin(hint) is Literal:
+            shown = ("str", str(f.default))  # TrainConfig rejects a bad value by name (exit 1)
+        elif hint is bool:
+            shown = ("bool", f.name if f.default else f"no-{f.name}")
+        else:
+            shown = (hint.__name__, str(f.default))
+        expected[f"--{f.name.replace('_', '-')}"] = shown
+    listed = listed_options(out)
+    assert {k: listed.get(k) for k in expected} == expected
+    assert re.search(r"--batch-size\s+-b\s", out)
+    assert re.search(r"--augment\s+--no-augment\s", out)
+
+
+# -- --debug: parsed by typer, before or after the command ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--debug", "systems", "--classes", "0"],
+        ["systems", "--classes", "0", "--debug"],
+        ["systems", "--debug", "--classes", "0"],
+        ["train", "data", "--assignment", "random", "--debug"],
+    ],
+)
+def test_debug_before_or_after_the_command_lets_the_error_through(args: list[str]) -> None:
+    from lscindex.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(args)
+
+
+def test_debug_is_per_invocation_and_read_where_typer_parses_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lscindex.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["systems", "--classes", "0", "--debug"])
+    code, _, err = run_cli(["systems", "--classes", "0"], capsys)  # no --debug left over
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    # Here "--debug" is the value of --kind, not the flag.
+    code, _, err = run_cli(["systems", "-n", "10", "--kind", "--debug"], capsys)
+    assert code == 1 and "unknown vector system kind '--debug'" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args", [["systems", "--debug"], ["--debug", "train"], ["train", "--debug"]]
+)
+def test_usage_errors_exit_2_with_debug_too(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(args, capsys)[0] == 2
+
+
+def test_every_command_accepts_debug() -> None:
+    commands = leaf_commands(click_command())
+    assert ("train",) in commands and ("data", "glyphs") in commands
+    for path in commands:
+        assert "--debug" in {o for p in click_command(*path).params for o in p.opts}, path
+
+
+def test_console_script_debug_after_the_command_prints_the_traceback() -> None:
+    cmd = [sys.executable, "-m", "lscindex_cli.main", "systems", "-n", "0"]
+    plain = subprocess.run(cmd, capture_output=True, text=True)
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
+    assert plain.returncode == 1 and plain.stderr.strip().splitlines() == [
+        "error: n_classes must be >= 1, got 0"
+    ]
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert debug.stderr.strip().endswith("ConfigError: n_classes must be >= 1, got 0")
+
+
+# -- defaults come from the library ------------------------------------------------------------
+
+
+def library_functions() -> dict[tuple[str, ...], Any]:
+    import lscindex
+    from lscindex.embedding import build_store
+    from lscindex.glyphs import build_glyph_dataset
+    from lscindex.index import build_index
+    from lscindex.retrieval import Retriever
+
+    return {
+        ("embed",): build_store,
+        ("index",): build_index,
+        ("query",): Retriever.classify,
+        ("systems",): lscindex.softmax_head_size,
+        ("data", "glyphs"): build_glyph_dataset,
+    }
+
+
+@pytest.mark.parametrize(
+    "path", [("embed",), ("index",), ("query",), ("systems",), ("data", "glyphs")]
+)
+def test_option_defaults_are_the_library_defaults(path: tuple[str, ...]) -> None:
+    library = inspect.signature(library_functions()[path]).parameters
+    shared = [p for p in click_command(*path).params if p.name in library and p.default is not None]
+    assert shared
+    for p in shared:
+        assert p.default == library[p.name].default, (path, p.name)
+
+
+# -- query: each image embedded once -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def query_runs(image_folder, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A tiny lsc run and a tiny ce run, each with a store of the val images."""
+    root = tmp_path_factory.mktemp("query")
+    fast = ["--model", "test_resnet", "--epochs", "1", "--max-steps", "2", "--batch-size", "8"]
+    fast += ["--workers", "0", "--img-size", "16"]
+    made = {}
+    for head in ("lsc", "ce"):
+        run, store = root / head, root / f"{head}.zarr"
+        for args in (
+            ["train", str(image_folder), "--out", str(run), "--head", head, *fast],
+            ["embed", str(image_folder / "val"), "--run", str(run), "--out", str(store)],
+        ):
+            try:
+                main([*args, "--workers", "0"])
+            except SystemExit as exc:
+                assert exc.code in (0, None), args
+        made[head] = (run, store)
+    return made
+
+
+@pytest.mark.parametrize("head", ["lsc", "ce"])
+def test_query_embeds_each_image_once(
+    head: str,
+    query_runs,  # type: ignore[no-untyped-def]
+    image_folder,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lscindex.retrieval import Retriever
+
+    run, store = query_runs[head]
+    images = sorted(str(p) for p in (image_folder / "val").rglob("*.png"))[:4]
+    embedded: list[str] = []
+    embed = Retriever.embed
+
+    def counting_embed(self: Retriever, queries: Any) -> Any:
+        embedded.extend(queries)
+        return embed(self, queries)
+
+    monkeypatch.setattr(Retriever, "embed", counting_embed)
+    args = ["query", *images, "--run", str(run), "--store", str(store), "-k", "3", "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert embedded == images
+    monkeypatch.undo()
+    # The same answers as the library's own image path.
+    retriever = Retriever.open(run, store=store)
+    classes, neighbors = retriever.classify(images, k=3), retriever.search(images, k=3)
+    for row, cls, near in zip(json.loads(out), classes, neighbors, strict=True):
+        assert [c["id"] for c in row["classes"]] == [c.id for c in cls]
+        assert [c["cosine"] for c in row["classes"]] == pytest.approx(
+            [c.cosine for c in cls], abs=1e-5
+        )
+        assert [n["path"] for n in row["neighbors"]] == [n.path for n in near]
+        assert [n["cosine"] for n in row["neighbors"]] == pytest.approx(
+            [n.cosine for n in near], abs=1e-5
+        )

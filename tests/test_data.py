@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 from lscindex.data import ImageDataset, collate_skipping, load_dataset
 from lscindex.errors import DataError

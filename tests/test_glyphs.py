@@ -20,13 +20,13 @@ from lscindex.errors import ConfigError
 from lscindex.glyphs import (
     FALLBACK_MIN_SHARED,
     GlyphDatasetInfo,
-    _distinct_bitmaps,
     build_glyph_dataset,
     class_dir_name,
     find_fonts,
     plan_glyph_dataset,
     render_glyph,
 )
+from lscindex.glyphs.plan import _distinct_bitmaps
 
 N_CLASSES = 20
 SIZE = 16

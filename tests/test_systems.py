@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import assert_topk_exact
+from helpers import assert_topk_exact
 
 import lscindex
 from lscindex import (
@@ -67,29 +67,6 @@ def test_mcs_matches_paper_table() -> None:
 def test_mcs_of_a_single_vector_system_is_nan() -> None:
     assert VectorSystem.create("v21", 1, dim=3).mcs == pytest.approx(-1 / 3)  # 3 vectors at n = 3
     assert math.isnan(VectorSystem.create("v10", 1, dim=1).mcs)
-
-
-def test_n_min_examples_from_design() -> None:
-    assert (n_min("v21", 1000), n_min("v21", 600_000)) == (14, 108)
-    assert (n_min("v11", 1000), n_min("v11", 600_000)) == (33, 776)
-    assert (n_min("v22", 1000), n_min("v22", 600_000)) == (10, 41)
-    assert n_min("v21s", 600_000) == 86
-    assert n_min("an", 1000) == 33
-
-
-@pytest.mark.parametrize("kind", ["v11", "v21", "v22", "v21s", "v33"])
-@pytest.mark.parametrize("n_classes", [1, 2, 3, 1000, 600_000, 10**7, 10**12, 10**15 + 1])
-def test_n_min_is_the_smallest_sufficient_dim(kind: str, n_classes: int) -> None:
-    dim = n_min(kind, n_classes)
-    assert count_vectors(kind, dim) >= n_classes
-    spec = parse_kind(kind)
-    if dim > spec.a + spec.b:
-        assert count_vectors(kind, dim - 1) < n_classes
-
-
-def test_count_is_exact_beyond_float_precision() -> None:
-    dim = 10**6
-    assert count_vectors("v21", dim) == dim * (dim - 1) * (dim - 2) // 2
 
 
 # -- construction and serialisation -------------------------------------------------
@@ -290,13 +267,6 @@ def test_far_above_n_min_uses_the_target_index() -> None:
     assert_topk_exact(auto.ids, auto.scores, brute_scores(s, e))
     forced = s.decode(e, k=5, method="analytic")  # still exact, just slower
     assert_topk_exact(forced.ids, forced.scores, brute_scores(s, e))
-
-
-def test_hnsw_target_index_finds_targets() -> None:
-    s = VectorSystem.create("v21", 2000)
-    index = s.target_index(index_type="hnsw")
-    out = index.search(s.targets(np.arange(0, 2000, 7)) + 0.01, k=3)
-    assert (out.ids[:, 0] == np.arange(0, 2000, 7)).mean() > 0.99
 
 
 def test_threads_give_the_same_answer() -> None:

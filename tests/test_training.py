@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from helpers import make_image_folder
 from safetensors.numpy import load_file
 
 from lscindex import VectorSystem
-from lscindex.checkpoint import load_assignment, load_training_state
+from lscindex.checkpoint import load_training_state
 from lscindex.errors import ConfigError, DataError, RunError
+from lscindex.run import load_assignment
 from lscindex.training import TrainConfig, fit
 
 TIMING = {"img_per_s", "wall_s", "peak_mem_mb"}
@@ -319,7 +320,7 @@ def test_config_roundtrip_rejects_unknown_keys() -> None:
 def test_a_table_that_does_not_match_the_weights_is_refused(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    from lscindex.checkpoint import open_run, save_assignment
+    from lscindex.run import open_run, save_assignment
 
     run = tmp_path / "run"
     fit(config(image_folder, run, epochs=1))
@@ -335,7 +336,7 @@ def test_a_table_that_does_not_match_the_weights_is_refused(
 
 
 def test_codec_runs_train_without_a_table(image_folder: Path, tmp_path: Path) -> None:
-    from lscindex.checkpoint import open_run
+    from lscindex.run import open_run
 
     run = tmp_path / "run"
     fit(config(image_folder, run, epochs=1, assignment="codec"))

@@ -16,7 +16,7 @@ from lscindex.glyphs import (
     build_glyph_dataset,
     plan_glyph_dataset,
 )
-from lscindex_cli._common import console
+from lscindex_cli._common import add_command, console, default_of
 
 data_app = typer.Typer(help="Build datasets.", no_args_is_help=True)
 
@@ -36,7 +36,6 @@ def _progress_bar() -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-@data_app.command("glyphs")
 def glyphs(
     out: Annotated[Path, typer.Argument(help="Dataset folder to create.")],
     fonts: Annotated[
@@ -46,14 +45,18 @@ def glyphs(
     classes: Annotated[
         int | None, typer.Option(help="Keep this many classes, the best covered (default: all).")
     ] = None,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = default_of(
+        build_glyph_dataset, "size"
+    ),
     val_fonts: Annotated[int, typer.Option(help="Fonts held out for validation.")] = (
         DEFAULT_VAL_FONTS
     ),
     min_fonts: Annotated[int, typer.Option(help="Training fonts a class needs.")] = (
         DEFAULT_MIN_FONTS
     ),
-    seed: Annotated[int, typer.Option(help="Seed for the choice of val fonts and classes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed for the choice of val fonts and classes.")
+    ] = default_of(build_glyph_dataset, "seed"),
     workers: Annotated[
         int | None, typer.Option(help="Rendering processes (default: all CPUs).")
     ] = None,
@@ -66,7 +69,7 @@ def glyphs(
 ) -> None:
     """Render one image per (character, font); one class per character, split by font."""
     options: dict[str, Any] = {
-        "fonts": fonts or ["pip"],
+        "fonts": fonts or default_of(build_glyph_dataset, "fonts"),
         "n_classes": classes,
         "size": size,
         "val_fonts": val_fonts,
@@ -96,3 +99,6 @@ def glyphs(
         highlight=False,
         soft_wrap=True,
     )
+
+
+add_command(data_app, "glyphs", glyphs)

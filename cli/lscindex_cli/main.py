@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
 
 import typer
 
 from lscindex.errors import LscIndexError
 from lscindex_cli import store_cmd, systems_cmd, train_cmd
-from lscindex_cli._common import err_console
+from lscindex_cli._common import CliState, DebugOption, add_command, err_console
 from lscindex_cli.data_cmd import data_app
 
 app = typer.Typer(
@@ -22,31 +21,29 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show the full traceback when a command fails.")
-    ] = False,
-) -> None:
+def _root(debug: DebugOption = False) -> None:
     """lscindex: vector-system targets, compact embeddings, FAISS retrieval."""
 
 
-app.command("systems")(systems_cmd.systems)
+add_command(app, "systems", systems_cmd.systems)
 app.add_typer(data_app, name="data")
-app.command("train")(train_cmd.train)
-app.command("plot")(train_cmd.plot)
-app.command("embed")(store_cmd.embed)
-app.command("index")(store_cmd.index)
-app.command("query")(store_cmd.query)
+add_command(app, "train", train_cmd.train)
+add_command(app, "plot", train_cmd.plot)
+add_command(app, "embed", store_cmd.embed)
+add_command(app, "index", store_cmd.index)
+add_command(app, "query", store_cmd.query)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: library errors become one line on stderr and exit status 1."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    """Console entry point: library errors become one line on stderr and exit status 1.
+
+    ``--debug`` (before or after the command) lets the error through with its traceback.
+    """
+    state = CliState()  # typer's parse of --debug lands here (see _common.DebugOption)
     try:
-        app(args=args, prog_name="lscindex")
+        app(args=list(sys.argv[1:] if argv is None else argv), prog_name="lscindex", obj=state)
     except LscIndexError as exc:
-        if debug:
+        if state.debug:
             raise
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

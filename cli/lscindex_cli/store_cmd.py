@@ -10,12 +10,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lscindex.checkpoint import find_run
 from lscindex.embedding import build_store, find_store
 from lscindex.errors import RunError
 from lscindex.index import build_index
-from lscindex.retrieval import Retriever
-from lscindex_cli._common import console, print_json
+from lscindex.retrieval import ClassMatch, Neighbor, Retriever
+from lscindex.run import find_run
+from lscindex_cli._common import console, default_of, print_json
 
 
 def embed(
@@ -24,13 +24,21 @@ def embed(
     ],
     run: Annotated[Path, typer.Option(help="Run directory made by lscindex train.")],
     out: Annotated[Path, typer.Option(help="Store: a .zarr folder or a .parquet file.")],
-    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 256,
-    workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = default_of(
+        build_store, "dtype"
+    ),
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = default_of(
+        build_store, "batch_size"
+    ),
+    workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = default_of(
+        build_store, "workers"
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = default_of(
+        build_store, "device"
+    ),
     chunk_rows: Annotated[
         int, typer.Option(help="At most this many rows per store chunk (the resume unit).")
-    ] = 4096,
+    ] = default_of(build_store, "chunk_rows"),
     overwrite: Annotated[
         bool, typer.Option(help="Replace a finished or foreign store at --out.")
     ] = False,
@@ -80,7 +88,7 @@ def index(
     store: Annotated[Path, typer.Argument(help="Store made by lscindex embed.")],
     factory: Annotated[
         str, typer.Option(help="FAISS factory: Flat, HNSW32, IVF1024,SQ8, ...")
-    ] = "Flat",
+    ] = default_of(build_index, "factory"),
     out: Annotated[
         Path | None, typer.Option(help="Index path (default: beside the store).")
     ] = None,
@@ -101,7 +109,9 @@ def query(
     index_path: Annotated[
         Path | None, typer.Option("--index", help="Index (default: beside the store).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="Classes and neighbours per image.")] = 5,
+    k: Annotated[int, typer.Option("-k", help="Classes and neighbours per image.")] = default_of(
+        Retriever.classify, "k"
+    ),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Top-k classes of each image and, with a store, its k nearest stored items."""
@@ -114,10 +124,13 @@ def query(
     if store is None and index_path is None:
         store = find_store(run)
     retriever = Retriever.open(run, store=store, index=index_path)
-    classes = retriever.classify([str(i) for i in images], k=k)
-    neighbors = (
-        retriever.search([str(i) for i in images], k=k) if retriever.store else [[] for _ in images]
-    )
+    paths = [str(i) for i in images]
+    # Each image is embedded once, for both classes and neighbours. A ce run's classes come from
+    # its softmax logits, not its embeddings, so it classifies the images themselves.
+    lsc, searched = retriever.run.system is not None, bool(retriever.store)
+    embeddings = retriever.embed(paths) if lsc or searched else None
+    classes = retriever.classify(embeddings if lsc else paths, k=k)
+    neighbors = retriever.search(embeddings, k=k) if searched else [[] for _ in images]
     if as_json:
         print_json(
             [
@@ -130,6 +143,16 @@ def query(
             ]
         )
         return
+    _print_tables(images, classes, neighbors, retriever)
+
+
+def _print_tables(
+    images: list[Path],
+    classes: list[list[ClassMatch]],
+    neighbors: list[list[Neighbor]],
+    retriever: Retriever,
+) -> None:
+    """One table of classes per image, and one of its nearest stored items when there are any."""
     for img, cls, nb in zip(images, classes, neighbors, strict=True):
         novel = (
             " [yellow](novel: nearest to a target no class owns)[/yellow]" if cls[0].novel else ""

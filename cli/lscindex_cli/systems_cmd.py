@@ -9,18 +9,21 @@ import typer
 from rich.table import Table
 
 import lscindex
-from lscindex_cli._common import console, human_bytes, print_json
+from lscindex_cli._common import console, default_of, human_bytes, print_json
 
 
 def systems(
     classes: Annotated[int, typer.Option("--classes", "-n", help="Number of classes.")],
     kind: Annotated[
         list[str] | None,
-        typer.Option("--kind", help="System kind, repeatable (default: v11, v21, v21s, v22)."),
+        typer.Option(
+            "--kind",
+            help=f"System kind, repeatable (default: {', '.join(lscindex.systems.DEFAULT_KINDS)}).",
+        ),
     ] = None,
     feature_dim: Annotated[
         int, typer.Option(help="Feature width of the softmax head it is compared with.")
-    ] = 384,
+    ] = default_of(lscindex.softmax_head_size, "feature_dim"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Sizing table: n_min, vector count, mcs and memory per system, next to a softmax head."""

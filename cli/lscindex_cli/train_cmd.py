@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_origin, get_type_hints
 
 import typer
 from rich.progress import (
@@ -96,105 +98,91 @@ class RichProgress(TrainCallbacks):
         self.progress.stop()
 
 
-def train(
-    data: Annotated[
-        Path, typer.Argument(help="ImageFolder (train/ [val/]) or manifest .parquet/.csv.")
-    ],
-    out: Annotated[
-        Path, typer.Option(help="Run directory to create (or continue with --resume).")
-    ] = Path("runs/default"),
-    model: Annotated[str, typer.Option(help="timm backbone name.")] = "resnet18",
-    pretrained: Annotated[bool, typer.Option(help="Start from timm's pretrained weights.")] = False,
-    head: Annotated[
-        str, typer.Option(help="lsc (fixed targets) or ce (softmax baseline).")
-    ] = "lsc",
-    system: Annotated[
-        str, typer.Option(help="Vector system kind: v21, v11, v22, v21s, ...")
-    ] = "v21",
-    dim: Annotated[str, typer.Option(help="Latent dim: auto (n_min) or an integer.")] = "auto",
-    assignment: Annotated[
-        str,
-        typer.Option(
-            help="Which target each class owns: data (matched to where the network puts the "
-            "class, re-matched early in training) or codec (seeded, table-free)."
-        ),
-    ] = "data",
-    rematch_per_epoch: Annotated[
-        int,
-        typer.Option(help="Re-match the data assignment this often per epoch (0: never)."),
-    ] = 1,
-    rematch_until: Annotated[
-        float,
-        typer.Option(help="Re-match only in this first share of the steps."),
-    ] = 0.5,
-    rematch_margin: Annotated[
-        float,
-        typer.Option(help="A class moves to a new target only if it is closer by this cosine."),
-    ] = 0.0,
-    assign_samples: Annotated[
-        int, typer.Option(help="Training images per class in the class means (0: all).")
-    ] = 8,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Batch size per process.")
-    ] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
-    opt: Annotated[str, typer.Option(help="timm.optim optimizer name.")] = "adamw",
-    sched: Annotated[str, typer.Option(help="timm.scheduler schedule name.")] = "cosine",
-    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 1,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.05,
-    img_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 32,
-    augment: Annotated[bool, typer.Option(help="Random crops during training.")] = True,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="Mixed precision (fp16 on CUDA, bf16 on CPU).")] = False,
-    workers: Annotated[int, typer.Option(help="Data loader worker processes.")] = 2,
-    seed: Annotated[int, typer.Option(help="Seed of init, shuffling and augmentation.")] = 0,
-    system_seed: Annotated[int, typer.Option(help="Seed of the class-to-target codec.")] = 0,
-    val_fraction: Annotated[
-        float, typer.Option(help="Held-out share when DATA has no val split.")
-    ] = 0.0,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Also checkpoint every N steps (0: per epoch).")
-    ] = 0,
-    max_steps: Annotated[int, typer.Option(help="Stop after N steps in total (0: no limit).")] = 0,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
-    ] = False,
-) -> None:
-    """Train an encoder on fixed vector-system targets (or the cross-entropy baseline)."""
+# Help text of each TrainConfig field. The options themselves (names, types, defaults) come from
+# TrainConfig, so a new field is a new option; tests/test_cli.py checks each has its help here.
+HELP = {
+    "data": "ImageFolder (train/ [val/]) or manifest .parquet/.csv.",
+    "out": "Run directory to create (or continue with --resume).",
+    "model": "timm backbone name.",
+    "pretrained": "Start from timm's pretrained weights.",
+    "head": "lsc (fixed targets) or ce (softmax baseline).",
+    "system": "Vector system kind: v21, v11, v22, v21s, ...",
+    "dim": "Latent dim: auto (n_min) or an integer.",
+    "system_seed": "Seed of the class-to-target codec.",
+    "assignment": "Which target each class owns: data (matched to where the network puts the "
+    "class, re-matched early in training) or codec (seeded, table-free).",
+    "rematch_per_epoch": "Re-match the data assignment this often per epoch (0: never).",
+    "rematch_until": "Re-match only in this first share of the steps.",
+    "rematch_margin": "A class moves to a new target only if it is closer by this cosine.",
+    "assign_samples": "Training images per class in the class means (0: all).",
+    "epochs": "Epochs.",
+    "batch_size": "Batch size per process.",
+    "lr": "Peak learning rate.",
+    "opt": "timm.optim optimizer name.",
+    "sched": "timm.scheduler schedule name.",
+    "warmup_epochs": "Linear warm-up epochs.",
+    "weight_decay": "Weight decay.",
+    "img_size": "Input side in pixels.",
+    "augment": "Random crops during training.",
+    "device": "auto, cpu or cuda.",
+    "amp": "Mixed precision (fp16 on CUDA, bf16 on CPU).",
+    "workers": "Data loader worker processes.",
+    "seed": "Seed of init, shuffling and augmentation.",
+    "val_fraction": "Held-out share when DATA has no val split.",
+    "checkpoint_every": "Also checkpoint every N steps (0: per epoch).",
+    "max_steps": "Stop after N steps in total (0: no limit).",
+}
+_PATHS = ("data", "out")  # str in the config, a path on the command line
+_DECLS = {"batch_size": ("--batch-size", "-b")}
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def _parameter(field: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
+    """The typer parameter of one TrainConfig field: its type and default, with HELP's text.
+
+    A field without a default is an argument. ``dim`` None (the system's n_min) is spelled
+    ``auto``. Literal fields stay strings, so TrainConfig rejects a bad value by name (exit 1).
+    """
+    text = HELP.get(field.name, "")
+    if field.default is dataclasses.MISSING:
+        annotation = Annotated[Path, typer.Argument(help=text)]
+        return inspect.Parameter(field.name, _KW, annotation=annotation)
+    default = field.default
+    if field.name in _PATHS:
+        hint = Path
+    elif field.name == "dim":
+        hint, default = str, "auto"
+    elif get_origin(hint) is Literal:
+        hint = str
+    option = typer.Option(*_DECLS.get(field.name, ()), help=text)
+    return inspect.Parameter(field.name, _KW, default=default, annotation=Annotated[hint, option])
+
+
+def _signature() -> inspect.Signature:
+    """``train``'s parameters: one per TrainConfig field, then ``--resume`` (an argument of fit)."""
+    hints = get_type_hints(TrainConfig)
+    resume = typer.Option(help="Continue the run in --out from its last checkpoint.")
+    return inspect.Signature(
+        [
+            *(_parameter(field, hints[field.name]) for field in dataclasses.fields(TrainConfig)),
+            inspect.Parameter("resume", _KW, default=False, annotation=Annotated[bool, resume]),
+        ]
+    )
+
+
+def _config(options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of the parsed options (``resume`` taken out): undoes :func:`_parameter`."""
+    dim = options["dim"]
     if dim != "auto" and not dim.isdigit():
         raise ConfigError(f"--dim must be 'auto' or a positive integer, got {dim!r}")
-    config = TrainConfig(
-        data=str(data),
-        out=str(out),
-        model=model,
-        pretrained=pretrained,
-        head=head,  # type: ignore[arg-type]
-        system=system,
-        dim=None if dim == "auto" else int(dim),
-        system_seed=system_seed,
-        assignment=assignment,  # type: ignore[arg-type]
-        rematch_per_epoch=rematch_per_epoch,
-        rematch_until=rematch_until,
-        rematch_margin=rematch_margin,
-        assign_samples=assign_samples,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        opt=opt,
-        sched=sched,
-        warmup_epochs=warmup_epochs,
-        weight_decay=weight_decay,
-        img_size=img_size,
-        augment=augment,
-        device=device,
-        amp=amp,
-        workers=workers,
-        seed=seed,
-        val_fraction=val_fraction,
-        checkpoint_every=checkpoint_every,
-        max_steps=max_steps,
-    )
+    paths = {name: str(options[name]) for name in _PATHS}
+    return TrainConfig(**{**options, **paths, "dim": None if dim == "auto" else int(dim)})
+
+
+def train(**options: Any) -> None:
+    """Train an encoder on fixed vector-system targets (or the cross-entropy baseline)."""
+    resume = options.pop("resume")
+    config = _config(options)
     progress = RichProgress()
     try:
         result = fit(config, resume=resume, callbacks=progress)
@@ -210,6 +198,9 @@ def train(
         )
     else:
         console.print(f"run saved in {result.run_dir}")
+
+
+train.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
 def plot(

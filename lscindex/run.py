@@ -1,0 +1,328 @@
+"""Run directories: every file a run holds, its layout, and opening a run for inference.
+
+Layout of a run directory (this module owns every name in it)::
+
+    config.json             model + training config, data summary, timm data config (format_version)
+    classes.json            class names in label order
+    class_keys.json         the folder names / manifest labels, where they differ from the names
+    model.safetensors       latest weights (what embed/query load)
+    assignment.safetensors  class -> vector table of a data-assigned run ("table", int64)
+    metrics.jsonl           one JSON object per finished epoch
+    curves.png              loss / accuracy curves
+    stores.json             the stores embedded with this run (so query finds one with no flags)
+    checkpoints/            the resumable training state (see :mod:`lscindex.checkpoint`)
+
+Nothing is pickled: tensors go to safetensors, everything else to JSON, each file written
+atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lscindex._io import atomic_write_bytes, atomic_write_json, file_sha256
+from lscindex.assignment import table_sha256
+from lscindex.errors import RunError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Run",
+    "find_run",
+    "load_assignment",
+    "load_run_config",
+    "load_weights",
+    "open_run",
+    "publish_weights",
+    "read_metrics",
+    "record_store",
+    "recorded_stores",
+    "run_fingerprint",
+    "save_assignment",
+    "save_weights",
+    "write_class_names",
+    "write_metrics",
+    "write_run_config",
+]
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+CLASSES = "classes.json"
+CLASS_KEYS = "class_keys.json"
+WEIGHTS = "model.safetensors"
+ASSIGNMENT = "assignment.safetensors"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+STORES = "stores.json"
+CHECKPOINTS = "checkpoints"
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Atomically save tensors (moved to CPU, made contiguous) as a safetensors file."""
+    from safetensors.torch import save
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(clean, metadata=dict(metadata or {})))
+
+
+def _weights_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise RunError(f"weights file {path} does not exist; train a run first")
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file onto the CPU (no unpickling)."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise RunError(f"weights file {path} does not exist; train a run first")
+    return dict(load_file(str(path), device="cpu"))
+
+
+def run_fingerprint(run_dir: str | os.PathLike[str]) -> str:
+    """16 hex digits of sha256 over the run's config, weights and assignment table, if any.
+
+    Pairs stores and indexes with the run (and so with the targets) they were built from.
+    """
+    run_dir = Path(run_dir)
+    names = [CONFIG, WEIGHTS]
+    if (run_dir / ASSIGNMENT).is_file():  # runs with the codec have none: fingerprints unchanged
+        names.append(ASSIGNMENT)
+    return file_sha256([run_dir / name for name in names])[:16]
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed config.json of a run, checked for a known format version."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not an lscindex run (no {CONFIG}); train one with lscindex train"
+        )
+    config: dict[str, Any] = json.loads(path.read_text())
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunError(
+            f"run {run_dir} has format_version {version!r}, this lscindex reads {FORMAT_VERSION}; "
+            f"upgrade lscindex or retrain"
+        )
+    return config
+
+
+def write_run_config(
+    run_dir: str | os.PathLike[str],
+    *,
+    model: Mapping[str, Any],
+    train: Mapping[str, Any],
+    data: Mapping[str, Any],
+    data_config: Mapping[str, Any],
+) -> None:
+    """Write config.json: everything later stages need to rebuild the model, never re-asked."""
+    atomic_write_json(
+        Path(run_dir) / CONFIG,
+        {
+            "format_version": FORMAT_VERSION,
+            "model": dict(model),
+            "train": dict(train),
+            "data": dict(data),
+            "data_config": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()
+            },
+        },
+    )
+
+
+def write_class_names(
+    run_dir: str | os.PathLike[str], names: Sequence[str], keys: Sequence[str]
+) -> None:
+    """Write classes.json, and class_keys.json where the keys differ from the names."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / CLASSES, list(names))
+    if list(keys) != list(names):
+        atomic_write_json(run_dir / CLASS_KEYS, list(keys))
+
+
+def read_metrics(
+    run_dir: str | os.PathLike[str], *, before_epoch: int | None = None
+) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl ([] when there is none), up to epoch ``before_epoch``."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if before_epoch is None or r["epoch"] <= before_epoch]
+
+
+def write_metrics(run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Atomically replace metrics.jsonl with ``rows`` (one JSON object per finished epoch)."""
+    text = "".join(json.dumps(dict(row)) + "\n" for row in rows)
+    atomic_write_bytes(Path(run_dir) / METRICS, text.encode())
+
+
+def publish_weights(
+    run_dir: str | os.PathLike[str],
+    model: Mapping[str, torch.Tensor],
+    *,
+    epoch: int,
+    global_step: int,
+    assignment: np.ndarray | None,
+) -> None:
+    """Refresh the run's model.safetensors (and assignment.safetensors) for embed and query."""
+    run_dir = Path(run_dir)
+    metadata = {"epoch": str(epoch), "global_step": str(global_step)}
+    if assignment is not None:
+        # Two files cannot be replaced at once: the weights name the table they go with, so a
+        # crash between the two writes is detected by open_run instead of decoding wrongly.
+        save_assignment(run_dir / ASSIGNMENT, assignment)
+        metadata["assignment_sha256"] = table_sha256(assignment)
+    save_weights(run_dir / WEIGHTS, model, metadata)
+
+
+def record_store(
+    run_dir: str | os.PathLike[str], store: str | os.PathLike[str], *, store_id: str, count: int
+) -> None:
+    """Note a finished store in the run's stores.json, so query can find it with no flags."""
+    listing = Path(run_dir) / STORES
+    try:
+        stores = json.loads(listing.read_text()) if listing.is_file() else []
+    except ValueError:
+        stores = []
+    entry = {"path": str(Path(store).resolve()), "store_id": store_id, "count": count}
+    stores = [s for s in stores if s.get("path") != entry["path"]] + [entry]
+    atomic_write_json(listing, stores)
+
+
+def recorded_stores(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The stores recorded for a run, oldest first (whether or not they still exist)."""
+    listing = Path(run_dir) / STORES
+    if not listing.is_file():
+        return []
+    return [Path(entry["path"]) for entry in json.loads(listing.read_text())]
+
+
+def save_assignment(path: str | os.PathLike[str], table: np.ndarray) -> None:
+    """Atomically save an assignment table ((n_classes,) int64) as safetensors (``"table"``)."""
+    save_weights(path, {"table": torch.from_numpy(np.asarray(table, dtype=np.int64))})
+
+
+def load_assignment(path: str | os.PathLike[str]) -> np.ndarray:
+    """The (n_classes,) int64 assignment table saved by :func:`save_assignment`."""
+    tensors = load_weights(path)
+    if set(tensors) != {"table"} or tensors["table"].dtype != torch.int64:
+        raise RunError(
+            f"{path} is not an lscindex assignment table (expected one int64 tensor 'table'); "
+            f"the run is damaged, train it again"
+        )
+    return tensors["table"].numpy()
+
+
+@dataclass
+class Run:
+    """A trained run opened for inference (see :func:`open_run`).
+
+    Attributes:
+        path: the run directory.
+        config: parsed config.json.
+        model: the encoder with its weights, in eval mode on ``device``.
+        system: the vector system (None for a ``ce`` run).
+        class_names: names in label order.
+        class_keys: the folder names / manifest labels the classes were read from.
+        transform: timm eval transform (PIL image -> (3, H, W) float tensor).
+        fingerprint: :func:`run_fingerprint` of the run.
+    """
+
+    path: Path
+    config: dict[str, Any]
+    model: Any
+    system: Any
+    class_names: list[str]
+    class_keys: list[str]
+    transform: Any
+    fingerprint: str
+    device: torch.device
+
+
+def find_run(root: str | os.PathLike[str] = "runs") -> Path | None:
+    """The most recently trained run directly under ``root`` (None when there is none)."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    runs = [p for p in root.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file()]
+    return max(runs, key=lambda p: (p / WEIGHTS).stat().st_mtime) if runs else None
+
+
+def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
+    """Load a run's encoder, vector system, class names and eval transform; nothing is re-asked.
+
+    Raises:
+        RunError: not a run, unknown format version, missing weights.
+
+    Example:
+        >>> run = open_run("runs/glyphs")          # doctest: +SKIP
+        >>> run.system.dim, len(run.class_names)   # doctest: +SKIP
+    """
+    from lscindex.model import ModelConfig, create_eval_transform, create_model
+    from lscindex.systems import VectorSystem
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist; train one with lscindex train")
+    config = load_run_config(run_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_config = ModelConfig.from_dict(config["model"])
+    system = None
+    if model_config.system is not None:
+        data_assigned = model_config.system.get("assignment") == "data"
+        if data_assigned and not (run_dir / ASSIGNMENT).is_file():
+            raise RunError(
+                f"run {run_dir} uses a data assignment but has no {ASSIGNMENT}; the run is "
+                f"incomplete or damaged, resume or retrain it"
+            )
+        table = load_assignment(run_dir / ASSIGNMENT) if data_assigned else None
+        if table is not None and _weights_metadata(run_dir / WEIGHTS).get(
+            "assignment_sha256"
+        ) != table_sha256(table):
+            raise RunError(
+                f"{run_dir / ASSIGNMENT} is not the table {run_dir / WEIGHTS} was trained with "
+                f"(training stopped between saving the two); resume the run to write both again"
+            )
+        system = VectorSystem.from_dict(model_config.system, table=table)
+    model = create_model(model_config)
+    weights = load_weights(run_dir / WEIGHTS)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RunError(
+            f"weights of {run_dir} do not fit its config (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); the run is damaged, retrain it"
+        )
+    model.eval().to(device)
+    names = json.loads((run_dir / CLASSES).read_text())
+    keys_path = run_dir / CLASS_KEYS
+    keys = json.loads(keys_path.read_text()) if keys_path.is_file() else names
+    transform = create_eval_transform(config["data_config"])
+    return Run(
+        path=run_dir,
+        config=config,
+        model=model,
+        system=system,
+        class_names=names,
+        class_keys=keys,
+        transform=transform,
+        fingerprint=run_fingerprint(run_dir),
+        device=torch.device(device),
+    )

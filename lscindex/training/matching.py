@@ -1,0 +1,101 @@
+"""Matching classes to targets from a model's class means, as training does it.
+
+The data assignment (:func:`lscindex.assignment.match_classes`) needs each class's mean
+embedding. Here they come from an eval pass of the model over a few training images per class,
+one block of classes at a time, summed across the ranks of a torchrun job so that every rank
+computes the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lscindex._distributed import Ranks
+from lscindex.assignment import match_classes
+from lscindex.model import Encoder, encode
+from lscindex.systems import VectorSystem
+from lscindex.training.sampling import ordered_loader
+
+__all__ = ["MEAN_BLOCK", "assignment_samples", "match_from_model"]
+
+# Classes whose embedding sums are held at once while matching (7 MB at 108 dims).
+MEAN_BLOCK = 1 << 14
+
+
+def assignment_samples(
+    samples: list[tuple[Any, int]], n_classes: int, per_class: int
+) -> list[tuple[Any, int]]:
+    """The first ``per_class`` training samples of each class (all of them for 0), by class."""
+    if per_class == 0:
+        return sorted(samples, key=lambda s: s[1])
+    taken = np.zeros(n_classes, dtype=np.int64)
+    chosen = []
+    for sample in samples:
+        if taken[sample[1]] < per_class:
+            taken[sample[1]] += 1
+            chosen.append(sample)
+    return sorted(chosen, key=lambda s: s[1])
+
+
+def match_from_model(
+    model: Encoder,
+    system: VectorSystem,
+    samples: list[tuple[Any, int]],
+    *,
+    transform: Any,
+    batch_size: int,
+    workers: int,
+    margin: float,
+    amp_dtype: torch.dtype | None,
+    device: torch.device,
+    ranks: Ranks,
+) -> VectorSystem:
+    """Re-match classes to targets from the model's current class means.
+
+    Args:
+        model: the encoder (not a DDP wrapper); its train/eval mode is restored afterwards.
+        system: the system in use; its table (if any) is the current assignment.
+        samples: (path, label) pairs to average, from :func:`assignment_samples`.
+        transform: the eval transform (no augmentation).
+        margin: see :func:`lscindex.assignment.match_classes`.
+
+    Returns:
+        ``system`` with the new table. Nothing of size n_classes x dim is ever held: the sums
+        of one block of :data:`MEAN_BLOCK` classes at a time.
+    """
+    labels = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
+    was_training = model.training
+
+    def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(class_ids), MEAN_BLOCK):
+            block = class_ids[start : start + MEAN_BLOCK]
+            chosen = np.flatnonzero(np.isin(labels, block))
+            sums = torch.zeros(len(block), system.dim, dtype=torch.float32, device=device)
+            loader = ordered_loader(
+                [samples[i] for i in chosen],
+                transform,
+                batch_size=batch_size,
+                workers=workers,
+                ranks=ranks,
+                generator=torch.Generator().manual_seed(0),
+            )
+            model.eval()
+            with torch.no_grad():
+                for images, batch_labels, _, _ in loader:
+                    if len(batch_labels) == 0:
+                        continue
+                    rows = torch.from_numpy(np.searchsorted(block, batch_labels.numpy()))
+                    _, out = encode(model, images.to(device), amp_dtype=amp_dtype)
+                    sums.index_add_(0, rows.to(device), out)
+            model.train(was_training)
+            if ranks.world > 1:
+                dist.all_reduce(sums)
+            yield block, sums.cpu().numpy()
+
+    table = match_classes(system, class_means, current=system.assignment_table, margin=margin)
+    return system.with_assignment(table)

@@ -1,0 +1,73 @@
+"""The seeded, resumable, rank-sharded sample order of training, validation and matching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from lscindex._distributed import Ranks
+from lscindex.data import ImageDataset, collate_skipping
+
+__all__ = ["EpochSampler", "ordered_loader"]
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded per-epoch permutation, padded to the world size, sharded by rank, resumable.
+
+    Yields the sample indices of ``rank``, skipping the first ``skip`` of them.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world: int,
+        skip: int = 0,
+        shuffle: bool = True,
+        pad: bool = True,
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+        if pad and world > 1:
+            order += order[: (-len(order)) % world]
+        self.indices = order[rank::world][skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def ordered_loader(
+    samples: list[tuple[Any, int]],
+    transform: Any,
+    *,
+    batch_size: int,
+    workers: int,
+    ranks: Ranks,
+    generator: torch.Generator | None = None,
+) -> DataLoader[Any]:
+    """This rank's share of ``samples`` in their order (no shuffling, no padding).
+
+    Batches are ``(images, labels, indices, dropped)`` from :func:`collate_skipping`, unreadable
+    images left out. Without ``generator`` each iteration draws its worker seed from torch's
+    global RNG, as validation always has.
+    """
+    sampler = EpochSampler(
+        len(samples), seed=0, epoch=0, rank=ranks.rank, world=ranks.world, shuffle=False, pad=False
+    )
+    return DataLoader(
+        ImageDataset(samples, transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        sampler=sampler,
+        collate_fn=collate_skipping,
+        generator=generator,
+    )

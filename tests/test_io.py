@@ -1,0 +1,66 @@
+"""lscindex._io: atomic file writes, folder swaps, file digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lscindex import _io
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    _io.atomic_write_json(target, {"a": 1})
+    _io.atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    _io.atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        _io.atomic_write_bytes(target, object())  # type: ignore[arg-type]
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_swap_dir_replaces_a_folder_whole(tmp_path: Path) -> None:
+    final, new = tmp_path / "out", tmp_path / "new"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    _io.swap_dir(new, final)
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left aside
+
+
+def test_swap_dir_into_a_free_path(tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    new.mkdir()
+    _io.swap_dir(new, tmp_path / "out")
+    assert (tmp_path / "out").is_dir() and not new.exists()
+
+
+def test_swap_dir_puts_the_old_folder_back_when_the_new_one_is_missing(tmp_path: Path) -> None:
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(OSError):
+        _io.swap_dir(tmp_path / "missing", final)
+    assert (final / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_file_sha256_of_one_and_of_several_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"x" * (3 << 20))  # several read blocks
+    b.write_bytes(b"yz")
+    assert _io.file_sha256(a) == hashlib.sha256(a.read_bytes()).hexdigest()
+    both = hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
+    assert _io.file_sha256([a, b]) == both

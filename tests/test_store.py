@@ -1,0 +1,152 @@
+"""lscindex.store: layout, metadata, fp16 size, plain-library reads, parquet vs zarr, unfinished."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lscindex.embedding import build_store
+from lscindex.errors import StoreError
+from lscindex.index import build_index
+from lscindex.run import open_run
+from lscindex.store import METADATA_SCHEMA, balanced_chunk_rows, metadata_table, open_store
+
+
+def test_store_layout_and_metadata(store: Path, run_dir: Path) -> None:
+    st = open_store(store)
+    assert st.header.count == 108 and st.header.dim == 4 and st.header.complete
+    assert st.embeddings.shape == (108, 4) and str(st.embeddings.dtype) == "float16"
+    meta = st.metadata
+    assert meta.column_names[:3] == ["row", "id", "path"]
+    assert meta.column("row").to_pylist() == list(range(108))
+    assert set(meta.column("status").to_pylist()) == {"ok"}
+    labels = np.array(meta.column("label").to_pylist())
+    assert (labels >= 0).all()
+    emb = np.asarray(st.embeddings[:], dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=2e-3)
+    # the store knows its run
+    assert st.header.run_fingerprint == open_run(run_dir).fingerprint
+    assert json.loads((run_dir / "stores.json").read_text())[-1]["path"] == str(store.resolve())
+
+
+def test_fp16_store_size(store: Path) -> None:
+    array_bytes = sum(
+        p.stat().st_size
+        for p in (store / "embeddings").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
+    # uncompressed fp16; 108 rows in chunks of at most 32 make 4 full chunks of 27 rows (zarr
+    # would store a partial last chunk at full size: 4 * 32 rows)
+    header = open_store(store).header
+    assert (header.count, header.dim, header.chunk_rows) == (108, 4, 27)
+    assert array_bytes == 108 * 4 * 2
+
+
+def test_plain_libraries_read_every_artefact(store: Path, run_dir: Path, tmp_path: Path) -> None:
+    build_index(store, factory="Flat", out=tmp_path / "plain.faiss")
+    script = textwrap.dedent(f"""
+        import json, sys
+        import zarr, pyarrow.parquet as pq, faiss
+        from safetensors.numpy import load_file
+        g = zarr.open_group({str(store)!r}, mode="r")
+        emb = g["embeddings"][:]
+        meta = pq.read_table({str(store / "metadata")!r})
+        index = faiss.read_index({str(tmp_path / "plain.faiss")!r})
+        weights = load_file({str(run_dir / "model.safetensors")!r})
+        config = json.load(open({str(run_dir / "config.json")!r}))
+        assert emb.shape == (108, 4) and meta.num_rows == 108 and index.ntotal == 108
+        assert g.attrs["lscindex"]["count"] == 108 and "head.weight" in weights
+        assert config["model"]["system"]["kind"] == "v21"
+        assert not any(m.startswith("lscindex") for m in sys.modules)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_parquet_store_matches_the_zarr_store(
+    store: Path, run_dir: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "emb.parquet"
+    build_store(run_dir, [image_folder], out, chunk_rows=32, batch_size=16, workers=0)
+    table = pq.read_table(out)
+    assert table.num_rows == 108 and "embedding" in table.column_names
+    assert not (tmp_path / "emb.parquet.parts").exists()
+    np.testing.assert_array_equal(
+        np.asarray(open_store(out).embeddings), np.asarray(open_store(store).embeddings[:])
+    )
+
+
+def test_unfinished_store_cannot_be_opened(
+    run_dir: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "half.zarr"
+    build_store(run_dir, [image_folder], out, chunk_rows=32, workers=0)
+    shutil.rmtree(out / "metadata")
+    (out / "metadata").mkdir()
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["lscindex"] = {**dict(group.attrs["lscindex"]), "complete": False}
+    with pytest.raises(StoreError, match=r"unfinished .*run the same lscindex embed command"):
+        open_store(out)
+
+
+@pytest.mark.parametrize(
+    ("count", "max_rows", "expected"),
+    [(5000, 4096, 2500), (8192, 4096, 4096), (8193, 4096, 2731), (1, 4096, 1), (100, 1, 1)],
+)
+def test_balanced_chunk_rows_pads_by_fewer_rows_than_chunks(
+    count: int, max_rows: int, expected: int
+) -> None:
+    rows = balanced_chunk_rows(count, max_rows)
+    n_chunks = -(-count // rows)
+    assert rows == expected and rows <= max_rows
+    assert n_chunks == -(-count // max_rows)  # as many chunks as plain max_rows chunks
+    assert n_chunks * rows - count < n_chunks
+
+
+def test_metadata_table_marks_failed_rows_whatever_the_model_said() -> None:
+    table = metadata_table(
+        [4, 5],
+        ids=["a", "b"],
+        paths=["/a.png", "/b.png"],
+        labels=[1, -1],
+        label_names=["one", None],
+        pred=np.array([2, 0]),
+        score=np.array([0.5, 0.9], dtype=np.float32),
+        novel=np.array([True, True]),
+        errors=["", "/b.png is empty (0 bytes)"],
+        class_names=["zero", "one", "two"],
+    )
+    assert table.schema == METADATA_SCHEMA
+    good, bad = table.to_pylist()
+    assert good == {
+        "row": 4,
+        "id": "a",
+        "path": "/a.png",
+        "label": 1,
+        "label_name": "one",
+        "pred": 2,
+        "pred_name": "two",
+        "score": 0.5,
+        "novel": True,
+        "status": "ok",
+        "error": None,
+    }
+    assert (bad["pred"], bad["pred_name"], bad["novel"], bad["status"]) == (
+        -1,
+        None,
+        False,
+        "error",
+    )
+    assert np.isnan(bad["score"]) and bad["error"] == "/b.png is empty (0 bytes)"
