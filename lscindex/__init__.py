@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from lscindex.run import Run, open_run
     from lscindex.store import EmbeddingStore, open_store
     from lscindex.training import EpochMetrics, TrainConfig, TrainResult, fit
+    from lscindex.verify import verify_index, verify_run, verify_store
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,9 @@ _LAZY = {
     "TrainConfig": "training",
     "TrainResult": "training",
     "fit": "training",
+    "verify_index": "verify",
+    "verify_run": "verify",
+    "verify_store": "verify",
 }
 
 
@@ -105,4 +109,7 @@ __all__ = [
     "parse_kind",
     "size_systems",
     "softmax_head_size",
+    "verify_index",
+    "verify_run",
+    "verify_store",
 ]

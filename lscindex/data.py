@@ -48,6 +48,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 MANIFEST_SUFFIXES = (".parquet", ".csv")
+# Integer labels may skip ids, but not so many that most classes would have no images.
+_MAX_CLASSES_PER_ROW = 100
 MIN_IMAGE_SIDE = 4
 
 
@@ -77,6 +79,17 @@ class DatasetSplits:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    def sha256(self) -> str:
+        """16 hex digits identifying the data: every (path, label) of both splits and the keys.
+
+        A run records it, so that ``--resume`` can refuse to continue on other data.
+        """
+        import hashlib
+        import json
+
+        blob = json.dumps([self.train, self.val, self.keys], separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -165,7 +178,6 @@ def read_manifest(
         DataError: unreadable file, no ``path`` column, or no ``label`` column where
             ``require_label``.
     """
-    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -190,11 +202,7 @@ def read_manifest(
     ids = [str(i) for i in table.column("id").to_pylist()] if "id" in columns else written
     labels: list[Any] = column("label")
     if "label" in columns:
-        kind = table.column("label").type
-        if pa.types.is_dictionary(kind):
-            kind = kind.value_type
-        if not pa.types.is_integer(kind):
-            labels = [None if v is None else str(v) for v in labels]
+        labels = _labels(path, table.column("label").type, labels)
     splits = [str(v).lower() if "split" in columns else None for v in column("split")]
     names = [None if v is None else str(v) for v in column("class_name")]
     return [
@@ -203,16 +211,45 @@ def read_manifest(
     ]
 
 
+def _labels(path: Path, kind: Any, values: list[Any]) -> list[int | str | None]:
+    """A manifest's label column under the one rule: integers are class ids, text is names.
+
+    Refused, naming the rows: labels that are NaN, empty or not whole numbers (a float column
+    is read as ids when every value is whole), and ids outside ``[0, 2**31)``.
+    """
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_floating(kind):
+        bad = [i for i, v in enumerate(values) if v is not None and not float(v).is_integer()]
+        _refuse_rows(path, bad, "are NaN or not whole numbers", "labels are class ids or names")
+        values = [None if v is None else int(v) for v in values]
+        kind = pa.int64()
+    if pa.types.is_integer(kind):
+        bad = [i for i, v in enumerate(values) if v is not None and not 0 <= v < 2**31]
+        _refuse_rows(path, bad, "are outside [0, 2**31)", "class ids count from 0")
+        return list(values)
+    labels: list[int | str | None] = [None if v is None else str(v) for v in values]
+    bad = [i for i, v in enumerate(labels) if isinstance(v, str) and not v.strip()]
+    _refuse_rows(path, bad, "are empty", "give every row a class name, or leave the cell null")
+    return labels
+
+
+def _refuse_rows(path: Path, rows: list[int], what: str, fix: str) -> None:
+    if rows:
+        shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise DataError(
+            f"manifest {path}: the labels of {len(rows)} row(s) {what} (rows {shown}); {fix}"
+        )
+
+
 def _from_manifest(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
     rows = read_manifest(path, require_label=True)
     if not rows:
         raise DataError(f"no training images found in manifest {path}: it has no rows")
-    unlabelled = [r.path for r in rows if r.label is None]
-    if unlabelled:
-        raise DataError(
-            f"manifest {path} has {len(unlabelled)} row(s) without a label (first: "
-            f"{unlabelled[0]}); give every training row a label"
-        )
+    unlabelled = [i for i, r in enumerate(rows) if r.label is None]
+    _refuse_rows(path, unlabelled, "are missing", "give every training row a label")
     labels, names = _manifest_classes(path, rows)
     samples = [(r.path, label) for r, label in zip(rows, labels, strict=True)]
     if rows[0].split is not None:  # the manifest has a split column
@@ -229,8 +266,14 @@ def _manifest_classes(path: Path, rows: list[ManifestRow]) -> tuple[list[int], l
     ``class_name`` column, else by the number); string labels become classes in sorted order."""
     labels = [r.label for r in rows if isinstance(r.label, int)]
     if len(labels) == len(rows):
-        if min(labels) < 0:
-            raise DataError(f"manifest {path} has a negative label {min(labels)}")
+        if max(labels) >= _MAX_CLASSES_PER_ROW * len(rows) + 1_000_000:
+            big = [i for i, label in enumerate(labels) if label == max(labels)]
+            _refuse_rows(
+                path,
+                big,
+                f"make {max(labels) + 1:,} classes for {len(rows):,} rows",
+                "number the classes 0..n-1 (most classes would have no images)",
+            )
         names = ["" for _ in range(max(labels) + 1)]
         for label, row in zip(labels, rows, strict=True):
             if row.class_name is not None:

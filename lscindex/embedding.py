@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from lscindex._distributed import Ranks, process_group, ranks, select_device
-from lscindex._io import swap_dir
+from lscindex._io import LOCK_SUFFIX, swap_dir, writer_lock
 from lscindex.data import (
     IMAGE_EXTENSIONS,
     MANIFEST_SUFFIXES,
@@ -219,6 +220,11 @@ def build_store(
     finished store is left untouched unless ``overwrite``. Under torchrun each rank embeds a
     disjoint set of chunks of the one store.
 
+    Nothing but an lscindex store is ever replaced or deleted: anything else at ``out`` (a file,
+    a folder of images, another zarr) is refused, ``overwrite`` or not, and so is an ``out``
+    that is, holds or lies inside one of the ``inputs``. One writer at a time: ``<out>.lock``
+    beside the store is held while it is written (by rank 0 under torchrun).
+
     Args:
         run: run directory (or an opened :class:`Run`).
         inputs: image files, folders (recursive; ImageFolder labels) and manifests.
@@ -233,45 +239,118 @@ def build_store(
 
     Raises:
         DataError: missing inputs. StoreError: ``out`` holds a store of another run or other
-        inputs. RunError: bad run directory.
+        inputs, holds something that is not a store, overlaps the inputs, or another process
+        is writing it. RunError: bad run directory.
 
     Example:
         >>> build_store("runs/glyphs", ["data/glyphs/val"], "emb.zarr")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    if dtype not in ("float16", "float32"):
-        raise StoreError(f"dtype must be float16 or float32, got {dtype!r}")
-    if chunk_rows < 1 or batch_size < 1:
-        raise StoreError(f"chunk_rows and batch_size must be >= 1, got {chunk_rows}, {batch_size}")
+    _check_options(dtype, chunk_rows, batch_size)
     here = ranks()
+    final = Path(out)
+    _check_out_is_no_input(final, inputs)
     if isinstance(run, Run):
         opened = run
     else:
         opened = open_run(run, device=str(select_device(device, here.local_rank)))
-    final = Path(out)
     # The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
-    with process_group(opened.device, backend="gloo"):
+    # Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
+    # refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
+    with process_group(opened.device, backend="gloo"), _rank0_lock(final, here):
         items = resolve_inputs(inputs, opened.class_keys, opened.class_names)
         planned = _plan_header(opened, items, dtype=dtype, chunk_rows=chunk_rows)
         # --overwrite builds the new store beside the old one and swaps them only when it is
         # complete, so an interrupted or failed overwrite leaves the existing store intact.
-        scratch = overwrite and store_exists(final)
-        path = final.with_name(f"{final.stem}.new{final.suffix}") if scratch else final
+        scratch = overwrite and _existing_store(final) is not None
+        if here.world > 1:
+            dist.barrier()  # every rank has looked at ``final`` before rank 0 writes there
+        path = _scratch_path(final) if scratch else final
         writer = _open_or_resume(path, planned, scratch=scratch, here=here)
         if writer.header.complete:
-            swap = scratch and here.rank == 0  # an overwrite interrupted just before its swap
-            if swap:
-                swap_dir(path, final)
-                record_store(
-                    opened.path, final, store_id=writer.header.store_id, count=writer.header.count
-                )
+            swapped = scratch and here.rank == 0 and _swap_finished(opened, writer, final)
             seconds = time.perf_counter() - started
-            return EmbedReport(final, writer.header, 0, 0, not swap, seconds)
+            return EmbedReport(final, writer.header, 0, 0, not swapped, seconds)
         mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
         batches = _plan_batches(writer.header, mine, batch_size)
         done, errors = _write_rows(opened, items, writer, batches, workers, progress)
         header = _publish(opened, writer, final, here)
     return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
+
+
+def _check_options(dtype: str, chunk_rows: int, batch_size: int) -> None:
+    if dtype not in ("float16", "float32"):
+        raise StoreError(f"dtype must be float16 or float32, got {dtype!r}")
+    if chunk_rows < 1 or batch_size < 1:
+        raise StoreError(f"chunk_rows and batch_size must be >= 1, got {chunk_rows}, {batch_size}")
+
+
+def _swap_finished(opened: Run, writer: StoreWriter, final: Path) -> bool:
+    """An --overwrite interrupted just before its swap: swap in its finished store now."""
+    swap_dir(writer.path, final)
+    record_store(opened.path, final, store_id=writer.header.store_id, count=writer.header.count)
+    return True
+
+
+def _scratch_path(final: Path) -> Path:
+    """Where an --overwrite builds the new store before swapping it in (``emb.new.zarr``)."""
+    return final.with_name(f"{final.stem}.new{final.suffix}")
+
+
+def _rank0_lock(final: Path, here: Ranks) -> AbstractContextManager[Any]:
+    return writer_lock(final, "store") if here.rank == 0 else nullcontext()
+
+
+def _written_paths(final: Path) -> Iterator[Path]:
+    """Every path that embedding into ``final`` may create, replace or delete."""
+    for store in (final, _scratch_path(final)):
+        yield store
+        if store.suffix.lower() == ".parquet":
+            yield store.with_name(store.name + ".parts")
+    yield final.with_name(final.name + LOCK_SUFFIX)
+
+
+def _check_out_is_no_input(final: Path, inputs: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse an ``out`` that is, contains or lies inside an input, before anything is written.
+
+    Raises:
+        StoreError: naming the input and asking for another --out.
+    """
+    sources = [(raw, Path(os.path.realpath(raw))) for raw in inputs]
+    for written in _written_paths(final):
+        target = Path(os.path.realpath(written))
+        for raw, source in sources:
+            if target == source:
+                relation = "is the input"
+            elif source in target.parents:
+                relation = "is inside the input folder"
+            elif target in source.parents:
+                relation = "contains the input"
+            else:
+                continue
+            what = f"--out {final}" if written == final else f"--out {final} (via {written})"
+            raise StoreError(
+                f"{what} {relation} {raw}; embed never writes where its inputs are, choose "
+                f"another --out"
+            )
+
+
+def _existing_store(path: Path) -> StoreHeader | None:
+    """The header of the lscindex store at ``path``, finished or not; None when nothing is there.
+
+    Raises:
+        StoreError: something else is at ``path`` (a file, a folder of images, another zarr, an
+            unreadable store): lscindex replaces and deletes only its own stores.
+    """
+    if not store_exists(path) and not path.is_symlink():
+        return None
+    try:
+        return read_header(path, allow_incomplete=True)
+    except Exception as exc:  # whatever fails to read as a store is not one of ours
+        raise StoreError(
+            f"{path} exists and is not an lscindex store, so embed will neither write into nor "
+            f"replace it; remove it yourself or choose another --out"
+        ) from exc
 
 
 def _plan_header(
@@ -420,18 +499,13 @@ def find_store(run_dir: str | os.PathLike[str]) -> Path | None:
 def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWriter:
     """A writer for a new store, or for the unfinished store already at ``out``.
 
-    ``scratch``: ``out`` is our own temporary (an --overwrite in progress): resume it when it
-    matches, recreate it otherwise.
+    ``scratch``: ``out`` is the temporary of an --overwrite in progress: resume it when it
+    matches, recreate it otherwise. Only an lscindex store is ever recreated (see
+    :func:`_existing_store`).
     """
-    if not store_exists(out):
-        if out.exists() and not out.is_dir():
-            raise StoreError(f"{out} exists and is not a store; choose another --out")
+    existing = _existing_store(out)
+    if existing is None:
         return StoreWriter.create(out, header)
-    if scratch and not _is_our_store(out):
-        return StoreWriter.create(out, header)
-    if not _is_our_store(out):
-        raise StoreError(f"{out} exists and is not an lscindex store; choose another --out")
-    existing = read_header(out, allow_incomplete=True)
     if (
         existing.complete
         and existing.run_fingerprint == header.run_fingerprint
@@ -452,11 +526,3 @@ def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWrite
             f"--overwrite to replace it or choose another --out"
         )
     return StoreWriter(out, existing)
-
-
-def _is_our_store(out: Path) -> bool:
-    try:
-        read_header(out, allow_incomplete=True)
-    except StoreError:
-        return False
-    return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,25 @@ from typing import Any
 import numpy as np
 
 from lscindex._io import atomic_write_json, file_sha256, fsync_dir
+from lscindex._store_reading import ok_rows, row_coverage_problem
 from lscindex.errors import ConfigError, StoreError
 from lscindex.store import EmbeddingStore, open_store
 
 __all__ = ["IndexInfo", "build_index", "default_index_path", "load_index"]
 
 INDEX_FORMAT_VERSION = 1
+MAX_DIM = 1 << 20
+# sidecar key -> its JSON type (bool is refused where int is asked)
+_SIDECAR_TYPES: dict[str, type] = {
+    "format_version": int,
+    "factory": str,
+    "metric": str,
+    "dim": int,
+    "count": int,
+    "store": str,
+    "store_fingerprint": str,
+    "sha256": str,
+}
 
 
 @dataclass(frozen=True)
@@ -52,20 +66,61 @@ def _sidecar(path: Path) -> Path:
 
 
 def readable_rows(store: EmbeddingStore) -> np.ndarray:
-    """(count,) bool: rows whose image was embedded (``status == "ok"``), by store row."""
-    good = np.zeros(store.header.count, dtype=bool)
-    status = np.asarray(store.metadata.column("status").to_pylist(), dtype=object) == "ok"
-    good[np.asarray(store.metadata.column("row").to_numpy())[status]] = True
-    return good
+    """(count,) bool: rows whose image was embedded (``status == "ok"``), by store row.
+
+    Raises:
+        StoreError: the metadata does not cover every row exactly once.
+    """
+    problem = row_coverage_problem(store.metadata.column("row").to_numpy(), store.header.count)
+    if problem:
+        raise StoreError(
+            f"store {store.path}: {problem}; it is damaged: run lscindex verify {store.path}, "
+            f"then embed again with --overwrite"
+        )
+    return ok_rows(store.metadata, store.header.count)
+
+
+def _nonfinite_error(store: EmbeddingStore, rows: np.ndarray) -> StoreError:
+    """The error for embedded rows ``rows`` ((K,) int, K >= 1) that hold NaN or inf."""
+    first = ", ".join(str(int(r)) for r in rows[:3])
+    return StoreError(
+        f"store {store.path} has {len(rows):,} embedded rows holding NaN or inf (first: row "
+        f"{first}); its embeddings are damaged: run lscindex verify {store.path}, then embed "
+        f"again with --overwrite"
+    )
+
+
+def nonfinite_rows(store: EmbeddingStore, good: np.ndarray) -> np.ndarray:
+    """(K,) int64: the ``good`` rows ((count,) bool) whose embedding holds NaN or inf.
+
+    Reads the whole store, chunk by chunk.
+    """
+    found = []
+    for start, block in store.iter_chunks():
+        bad = good[start : start + len(block)] & ~np.isfinite(block).all(axis=1)
+        found.append(np.flatnonzero(bad) + start)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def add_store_rows(index: Any, store: EmbeddingStore, good: np.ndarray) -> None:
-    """Add the ``good`` rows of a store to an ID-mapped FAISS index, chunk by chunk (ids = rows)."""
+    """Add the ``good`` rows of a store to an ID-mapped FAISS index, chunk by chunk (ids = rows).
+
+    Raises:
+        StoreError: a ``good`` row holds NaN or inf (a damaged chunk); the count is of the
+            whole store, and ``index`` is then incomplete: discard it.
+    """
+    broken: list[np.ndarray] = []
     for start, block in store.iter_chunks():
         keep = good[start : start + len(block)]
+        bad = keep & ~np.isfinite(block).all(axis=1)
+        if bad.any() or broken:
+            broken.append(np.flatnonzero(bad) + start)
+            continue  # only counting from here on: the index will not be used
         if keep.any():
             ids = np.arange(start, start + len(block), dtype=np.int64)[keep]
             index.add_with_ids(np.ascontiguousarray(block[keep]), ids)
+    if broken:
+        raise _nonfinite_error(store, np.concatenate(broken))
 
 
 def build_index(
@@ -88,7 +143,8 @@ def build_index(
         :class:`IndexInfo`; the index and its sidecar are written atomically.
 
     Raises:
-        ConfigError: a factory string FAISS rejects. StoreError: unfinished or empty store.
+        ConfigError: a factory string FAISS rejects. StoreError: unfinished, damaged or empty
+            store, or embedded rows holding NaN/inf (counted; failed images are left out).
 
     Example:
         >>> build_index("emb.zarr", factory="HNSW32")   # doctest: +SKIP
@@ -160,6 +216,8 @@ def _train_index(index: Any, store: EmbeddingStore, sample: np.ndarray, factory:
         embeddings.oindex[sample] if hasattr(embeddings, "oindex") else embeddings[sample],
         dtype=np.float32,
     )
+    if not np.isfinite(vectors).all():  # count them all before FAISS trains on NaN
+        raise _nonfinite_error(store, nonfinite_rows(store, readable_rows(store)))
     try:
         index.train(vectors)
     except RuntimeError as exc:
@@ -182,40 +240,160 @@ def _write_index(index: Any, path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def load_index(
-    path: str | os.PathLike[str], *, store: EmbeddingStore | None = None
-) -> tuple[Any, IndexInfo]:
-    """Verify an index against its sidecar (sha256, store fingerprint, dim), then read it.
+def read_sidecar(path: str | os.PathLike[str]) -> IndexInfo:
+    """The sidecar of index ``path``, every key's type and range checked (the index is not read).
+
+    ``sha256`` is what the sidecar records, not yet compared with the file.
 
     Raises:
-        StoreError: missing index or sidecar, corrupted file, or an index of another store.
+        StoreError: no index or sidecar, a sidecar that is not JSON, of another format version,
+            or with a missing, mistyped or out-of-range key.
     """
-    import faiss
-
     path = Path(path)
     side = _sidecar(path)
     if not path.is_file():
         raise StoreError(f"index {path} does not exist; build it with lscindex index STORE")
     if not side.is_file():
         raise StoreError(f"index {path} has no sidecar {side.name}; rebuild it with lscindex index")
-    meta = json.loads(side.read_text())
-    if meta.get("format_version") != INDEX_FORMAT_VERSION:
-        raise StoreError(f"index sidecar {side} has an unknown format_version; rebuild the index")
-    digest = file_sha256(path)
-    if digest != meta["sha256"]:
+    try:
+        meta = json.loads(side.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
         raise StoreError(
-            f"index {path} is corrupted (sha256 {digest[:12]}... but its sidecar says "
-            f"{meta['sha256'][:12]}...); rebuild it with lscindex index {meta['store']}"
+            f"index sidecar {side} is not valid JSON ({str(exc).splitlines()[0][:120]}); rebuild "
+            f"the index with lscindex index STORE"
+        ) from None
+    if not isinstance(meta, dict):
+        raise StoreError(
+            f"index sidecar {side} holds a {type(meta).__name__}, expected an object; rebuild "
+            f"the index with lscindex index STORE"
         )
-    info = IndexInfo(
+    store = meta.get("store") if isinstance(meta.get("store"), str) else "STORE"
+    rebuild = f"rebuild the index with lscindex index {store}"
+    version = meta.get("format_version")
+    if version != INDEX_FORMAT_VERSION or isinstance(version, bool):
+        raise StoreError(
+            f"index sidecar {side} has format_version {version!r}, this lscindex reads "
+            f"{INDEX_FORMAT_VERSION}; {rebuild}"
+        )
+    missing = [key for key in _SIDECAR_TYPES if key not in meta]
+    if missing:
+        raise StoreError(f"index sidecar {side} lacks {', '.join(map(repr, missing))}; {rebuild}")
+    for key, kind in _SIDECAR_TYPES.items():
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise StoreError(
+                f"index sidecar {side} has {key} {meta[key]!r}, expected {kind.__name__}; {rebuild}"
+            )
+    problem = None
+    if meta["metric"] != "inner_product":
+        problem = f"metric {meta['metric']!r}, expected 'inner_product'"
+    elif not 1 <= meta["dim"] <= MAX_DIM:
+        problem = f"dim {meta['dim']!r}, expected 1..{MAX_DIM}"
+    elif meta["count"] < 0:
+        problem = f"count {meta['count']!r}, expected >= 0"
+    elif not re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]):
+        problem = f"sha256 {meta['sha256']!r}, expected 64 hex digits"
+    if problem:
+        raise StoreError(f"index sidecar {side} has {problem}; {rebuild}")
+    return IndexInfo(
         path=path,
         factory=meta["factory"],
         dim=meta["dim"],
         count=meta["count"],
         store=meta["store"],
         store_fingerprint=meta["store_fingerprint"],
-        sha256=digest,
+        sha256=meta["sha256"],
     )
+
+
+def read_faiss_index(path: Path, info: IndexInfo) -> Any:
+    """``faiss.read_index``, its errors on a crafted or damaged file as one-line StoreErrors."""
+    import faiss
+
+    try:
+        return faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as exc:
+        # FAISS prefixes its reason with the C++ function and source line: keep the reason.
+        reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip().splitlines()[-1])
+        raise StoreError(
+            f"index {path} cannot be read by FAISS ({reason[:160]}); rebuild it with lscindex "
+            f"index {info.store}"
+        ) from None
+
+
+def index_problems(index: Any, info: IndexInfo, store: EmbeddingStore | None) -> list[str]:
+    """What disagrees between a read index, its sidecar and (when given) its store.
+
+    Checks ``ntotal`` and ``d`` against the sidecar, that the index maps ids (lscindex indexes
+    are ``IndexIDMap2`` over store rows) and that its ids are distinct and, with a store, rows
+    the store embedded. Costs one pass over the (ntotal,) int64 id map.
+    """
+    import faiss
+
+    problems = []
+    if int(index.ntotal) != info.count or int(index.d) != info.dim:
+        problems.append(
+            f"holds {int(index.ntotal):,} vectors of dim {int(index.d)} but its sidecar says "
+            f"{info.count:,} of dim {info.dim}"
+        )
+        return problems
+    if not hasattr(index, "id_map"):
+        problems.append(
+            f"is a {type(index).__name__}, not an ID-mapped index whose ids are store rows"
+        )
+        return problems
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    if len(ids) != info.count:
+        problems.append(f"maps {len(ids):,} ids for {info.count:,} vectors")
+        return problems
+    repeated = len(ids) - len(np.unique(ids))
+    if repeated:
+        problems.append(f"repeats {repeated:,} ids")
+    if store is None:
+        outside = ids[ids < 0]
+        where = "negative ids"
+    else:
+        count = store.header.count
+        outside = ids[(ids < 0) | (ids >= count)]
+        where = f"ids outside 0..{count - 1}, the rows of store {store.path}"
+    if len(outside):
+        problems.append(f"has {len(outside):,} {where} (first: {int(outside[0])})")
+    elif store is not None:
+        failed = ids[~readable_rows(store)[ids]]
+        if len(failed):
+            problems.append(
+                f"has {len(failed):,} ids of rows store {store.path} did not embed (first: "
+                f"{int(failed[0])})"
+            )
+    return problems
+
+
+def load_index(
+    path: str | os.PathLike[str], *, store: EmbeddingStore | None = None
+) -> tuple[Any, IndexInfo]:
+    """Verify an index against its sidecar and store, then read it.
+
+    Before reading: the sidecar's keys and types, the file's sha256, and (with ``store``) the
+    store fingerprint and dim. After: the index's size and dim against the sidecar, and its ids
+    being distinct rows the store embedded.
+
+    Returns:
+        (FAISS index, :class:`IndexInfo`).
+
+    Raises:
+        StoreError: missing index or sidecar, a damaged sidecar, a corrupted or unreadable file,
+            an index of another store, or ids that are not the store's rows (one line each).
+
+    Example:
+        >>> index, info = load_index("emb.faiss", store=open_store("emb.zarr"))  # doctest: +SKIP
+    """
+    path = Path(path)
+    info = read_sidecar(path)
+    digest = file_sha256(path)
+    if digest != info.sha256:
+        raise StoreError(
+            f"index {path} is corrupted (sha256 {digest[:12]}... but its sidecar says "
+            f"{info.sha256[:12]}...); rebuild it with lscindex index {info.store}"
+        )
     if store is not None:
         if info.store_fingerprint != store.fingerprint:
             raise StoreError(
@@ -228,4 +406,11 @@ def load_index(
                 f"index {path} has dim {info.dim} but store {store.path} has "
                 f"{store.header.dim}; rebuild the index"
             )
-    return faiss.read_index(str(path)), info
+    index = read_faiss_index(path, info)
+    problems = index_problems(index, info, store)
+    if problems:
+        raise StoreError(
+            f"index {path} {problems[0]}; it does not match its sidecar or store: rebuild it "
+            f"with lscindex index {store.path if store is not None else info.store}"
+        )
+    return index, info

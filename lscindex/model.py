@@ -9,7 +9,7 @@ cross-entropy baseline.
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +21,9 @@ from lscindex.errors import ConfigError
 from lscindex.systems import VectorSystem
 
 __all__ = [
+    "MAX_CLASSES",
+    "MAX_DIM",
+    "MAX_IMG_SIZE",
     "Encoder",
     "ModelConfig",
     "create_eval_transform",
@@ -29,6 +32,13 @@ __all__ = [
     "encode",
     "top_classes",
 ]
+
+# Bounds on a config's sizes: far beyond any real run, low enough that a crafted config.json is
+# refused by name instead of allocating a head of terabytes.
+MAX_CLASSES = 100_000_000
+MAX_DIM = 1_048_576
+MAX_IMG_SIZE = 8_192
+MAX_IN_CHANS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,12 +64,34 @@ class ModelConfig:
     in_chans: int = 3
 
     def __post_init__(self) -> None:
+        # Types and sizes are checked here, before anything is built: a config.json edited by
+        # hand must fail with the key's name, not with a TypeError deep in torch or an
+        # allocation of terabytes.
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ConfigError(f"backbone must be a timm model name, got {self.backbone!r}")
         if self.head not in ("lsc", "ce"):
             raise ConfigError(f"head must be 'lsc' or 'ce', got {self.head!r}")
+        _check_size("n_classes", self.n_classes, 1, MAX_CLASSES)
+        _check_size("img_size", self.img_size, 8, MAX_IMG_SIZE, unit=" pixels")
+        _check_size("in_chans", self.in_chans, 1, MAX_IN_CHANS)
         if self.head == "lsc" and self.system is None:
             raise ConfigError("head='lsc' needs a vector system spec (system=...)")
-        if self.img_size < 8:
-            raise ConfigError(f"img_size must be >= 8 pixels, got {self.img_size}")
+        if self.head == "ce" and self.system is not None:
+            raise ConfigError("head='ce' has a learned softmax head and takes no system spec")
+        if self.system is not None:
+            if not isinstance(self.system, dict):
+                raise ConfigError(
+                    f"system must be a vector system spec (a dict), got "
+                    f"{type(self.system).__name__}"
+                )
+            if self.system.get("n_classes") != self.n_classes:
+                raise ConfigError(
+                    f"system n_classes {self.system.get('n_classes')!r} differs from n_classes "
+                    f"{self.n_classes}; the two must agree"
+                )
+            if self.system.get("dim") is not None:
+                _check_size("system dim", self.system["dim"], 1, MAX_DIM)
+            _check_size("system dim", self.out_dim, 1, MAX_DIM)  # also checks kind, seed, ...
 
     @property
     def out_dim(self) -> int:
@@ -78,16 +110,33 @@ class ModelConfig:
         return _from_dict(cls, data)
 
 
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
-    """Build a keyword-only config dataclass, rejecting unknown keys by name."""
+def _from_dict(cls: Any, data: Any) -> Any:
+    """Build a keyword-only config dataclass, rejecting a non-dict, unknown and missing keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a {cls.__name__} must be a JSON object of its fields, got {type(data).__name__}"
+        )
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise ConfigError(
             f"unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; expected some of "
             f"{sorted(names)}"
         )
+    required = [
+        f.name
+        for f in fields(cls)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in data
+    ]
+    if required:
+        raise ConfigError(f"{cls.__name__} lacks key(s) {', '.join(map(repr, required))}")
     return cls(**data)
+
+
+def _check_size(name: str, value: Any, low: int, high: int, *, unit: str = "") -> None:
+    """Raise ConfigError unless ``value`` is an int (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer in [{low}, {high:,}]{unit}, got {value!r}")
 
 
 def check_backbone(name: str) -> None:

@@ -187,8 +187,11 @@ class Retriever:
     def search(self, queries: Any, k: int = 5) -> list[list[Neighbor]]:
         """The k nearest stored items per query (images or embeddings), by cosine.
 
+        Stored items are looked up by the metadata's ``row`` column (index ids are store rows).
+
         Raises:
-            StoreError: no store was opened. InputError: k above the number of indexed items.
+            StoreError: no store was opened, or the index returned a row the store lacks.
+            InputError: k above the number of indexed items.
         """
         if self.store is None or self.index is None:
             raise StoreError("search needs a store: Retriever.open(run, store=...)")
@@ -200,17 +203,23 @@ class Retriever:
             )
         emb = self._as_embeddings(queries)
         scores, rows = self.index.search(np.ascontiguousarray(emb), k)
-        meta = self.store.metadata
-        ids, paths = meta.column("id").to_pylist(), meta.column("path").to_pylist()
-        labels, names = meta.column("label").to_pylist(), meta.column("label_name").to_pylist()
+        # Index ids are store rows: look them up by the metadata's `row` column, not position.
+        wanted = np.unique(rows[rows >= 0])
+        columns = ["id", "path", "label", "label_name"]
+        found_meta = self.store.rows_metadata(wanted).select(columns).to_pylist()
+        by_row = dict(zip(wanted.tolist(), found_meta, strict=True))
         results = []
         for q in range(len(emb)):
             found = []
             for score, row in zip(scores[q], rows[q], strict=True):
                 if row < 0:
                     continue
-                r = int(row)
-                found.append(Neighbor(r, ids[r], paths[r], labels[r], names[r], float(score)))
+                m = by_row[int(row)]
+                found.append(
+                    Neighbor(
+                        int(row), m["id"], m["path"], m["label"], m["label_name"], float(score)
+                    )
+                )
             results.append(found)
         return results
 

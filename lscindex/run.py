@@ -35,6 +35,7 @@ from lscindex.errors import RunError
 __all__ = [
     "FORMAT_VERSION",
     "Run",
+    "check_out_dir",
     "find_run",
     "load_assignment",
     "load_run_config",
@@ -106,21 +107,141 @@ def run_fingerprint(run_dir: str | os.PathLike[str]) -> str:
     return file_sha256([run_dir / name for name in names])[:16]
 
 
+def check_out_dir(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The saved config when resuming; refuses to write over anything else."""
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise RunError(
+                f"--resume given but {out} holds no run; drop --resume to start one there"
+            )
+        return load_run_config(out)
+    if (out / CONFIG).is_file():
+        raise RunError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} is not empty and is not an lscindex run; choose another --out")
+    return None
+
+
 def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed config.json of a run, checked for a known format version."""
+    """The parsed config.json of a run, checked before anything is built from it.
+
+    Checked: a JSON object of a known ``format_version``; ``model`` a valid
+    :class:`~lscindex.model.ModelConfig` of a timm backbone, sizes in range; ``train`` an
+    object (what ``--resume`` compares); ``data_config`` the eval transform of that model.
+
+    Raises:
+        RunError: no config.json, or one that is not JSON, of another format version, or with a
+            section missing, of the wrong type or out of range (the message names the file and
+            the key).
+    """
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise RunError(
             f"{run_dir} is not an lscindex run (no {CONFIG}); train one with lscindex train"
         )
-    config: dict[str, Any] = json.loads(path.read_text())
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise RunError(
+            f"{path} holds a JSON {type(config).__name__}, not a run config object; {_DAMAGED}"
+        )
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise RunError(
             f"run {run_dir} has format_version {version!r}, this lscindex reads {FORMAT_VERSION}; "
             f"upgrade lscindex or retrain"
         )
+    _check_run_config(path, config)
     return config
+
+
+_DAMAGED = "the file is damaged or was edited: restore it or train the run again"
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON value in ``path``; RunError naming the file when it is not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except UnicodeDecodeError as exc:
+        raise RunError(f"{path} is not UTF-8 JSON ({exc.reason}); {_DAMAGED}") from exc
+    except json.JSONDecodeError as exc:
+        raise RunError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            f"{_DAMAGED}"
+        ) from exc
+    except RecursionError as exc:
+        raise RunError(f"{path} is not a run file (JSON nested too deeply); {_DAMAGED}") from exc
+
+
+def _check_run_config(path: Path, config: dict[str, Any]) -> None:
+    """Check the sections of a parsed config.json; RunError naming the file and the key."""
+    from lscindex.errors import ConfigError
+    from lscindex.model import ModelConfig, check_backbone
+
+    for key in ("model", "train", "data_config"):
+        if key not in config:
+            raise RunError(f"{path} lacks the {key!r} section; {_DAMAGED}")
+        if not isinstance(config[key], dict):
+            raise RunError(
+                f"{path}: {key!r} must be a JSON object, got {type(config[key]).__name__}; "
+                f"{_DAMAGED}"
+            )
+    try:
+        model = ModelConfig.from_dict(config["model"])
+        check_backbone(model.backbone)
+    except ConfigError as exc:
+        raise RunError(f"{path}: 'model': {exc}; {_DAMAGED}") from exc
+    data_config = config["data_config"]
+    expected = [model.in_chans, model.img_size, model.img_size]
+    if data_config.get("input_size") != expected:
+        raise RunError(
+            f"{path}: 'data_config' input_size {data_config.get('input_size')!r} is not the "
+            f"model's [in_chans, img_size, img_size] = {expected}; {_DAMAGED}"
+        )
+    if data_config.get("interpolation") not in _INTERPOLATIONS:
+        raise RunError(
+            f"{path}: 'data_config' interpolation {data_config.get('interpolation')!r} is not "
+            f"one of {', '.join(_INTERPOLATIONS)}; {_DAMAGED}"
+        )
+    for key in ("mean", "std"):
+        value = data_config.get(key)
+        if not (
+            isinstance(value, list)
+            and len(value) == model.in_chans
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            and (key == "mean" or all(v > 0 for v in value))
+        ):
+            raise RunError(
+                f"{path}: 'data_config' {key} must be {model.in_chans} "
+                f"{'positive ' if key == 'std' else ''}numbers, got {value!r}; {_DAMAGED}"
+            )
+
+
+def _load_class_names(run_dir: Path, n_classes: int) -> tuple[list[str], list[str]]:
+    """classes.json, and class_keys.json where there is one (else the names again)."""
+    names = _read_names(run_dir / CLASSES, n_classes)
+    keys_path = run_dir / CLASS_KEYS
+    return names, _read_names(keys_path, n_classes) if keys_path.is_file() else names
+
+
+def _read_names(path: Path, n_classes: int) -> list[str]:
+    """A JSON list of ``n_classes`` strings; RunError naming the file otherwise."""
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; the run is incomplete, train it again")
+    value = _read_json(path)
+    if not (
+        isinstance(value, list)
+        and len(value) == n_classes
+        and all(isinstance(v, str) for v in value)
+    ):
+        got = f"a list of {len(value):,}" if isinstance(value, list) else type(value).__name__
+        raise RunError(
+            f"{path} must list the run's {n_classes:,} class names as strings, got {got}; "
+            f"{_DAMAGED}"
+        )
+    return value
 
 
 def write_run_config(
@@ -163,7 +284,12 @@ def read_metrics(
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise RunError(f"{path} is not JSON lines ({exc}); {_DAMAGED}") from exc
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in rows):
+        raise RunError(f"{path} holds a row that is not an epoch's metrics; {_DAMAGED}")
     return [r for r in rows if before_epoch is None or r["epoch"] <= before_epoch]
 
 
@@ -211,7 +337,12 @@ def recorded_stores(run_dir: str | os.PathLike[str]) -> list[Path]:
     listing = Path(run_dir) / STORES
     if not listing.is_file():
         return []
-    return [Path(entry["path"]) for entry in json.loads(listing.read_text())]
+    entries = _read_json(listing)
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries
+    ):
+        raise RunError(f"{listing} is not a list of stores; {_DAMAGED}")
+    return [Path(entry["path"]) for entry in entries]
 
 
 def save_assignment(path: str | os.PathLike[str], table: np.ndarray) -> None:
@@ -311,9 +442,7 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
             f"{unexpected[:3]}); the run is damaged, retrain it"
         )
     model.eval().to(device)
-    names = json.loads((run_dir / CLASSES).read_text())
-    keys_path = run_dir / CLASS_KEYS
-    keys = json.loads(keys_path.read_text()) if keys_path.is_file() else names
+    names, keys = _load_class_names(run_dir, model_config.n_classes)
     transform = create_eval_transform(config["data_config"])
     return Run(
         path=run_dir,

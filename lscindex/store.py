@@ -20,10 +20,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ METADATA_SCHEMA = pa.schema(
     ]
 )
 DTYPES = ("float16", "float32")
+# Bounds on what a store's attributes may claim, checked before anything is sized from them;
+# the real bounds are the array's shape and the metadata's rows, checked next.
+MAX_COUNT = 1 << 40
+MAX_DIM = 1 << 20
 
 
 def metadata_table(
@@ -271,34 +276,116 @@ class StoreWriter:
         return header
 
 
-def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreHeader:
-    """The header of a store (zarr attributes, parquet schema metadata or an unfinished parquet)."""
-    path = Path(path)
-    raw: dict[str, Any] | None = None
-    if _is_parquet(path):
-        parts = path.with_name(path.name + ".parts")
-        if allow_incomplete and (parts / "header.json").is_file():
-            raw = json.loads((parts / "header.json").read_text())
-        elif path.is_file():
-            meta = pq.read_schema(path).metadata or {}
-            if ATTRS_KEY.encode() in meta:
-                raw = json.loads(meta[ATTRS_KEY.encode()])
-    elif (path / "zarr.json").is_file():
-        import zarr
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "format_version": (int,),
+    "store_id": (str,),
+    "count": (int,),
+    "dim": (int,),
+    "dtype": (str,),
+    "chunk_rows": (int,),
+    "system": (dict, type(None)),
+    "run": (str,),
+    "run_fingerprint": (str,),
+    "inputs_sha256": (str,),
+    "complete": (bool,),
+}
 
-        found = dict(zarr.open_group(str(path), mode="r").attrs).get(ATTRS_KEY)
-        raw = dict(found) if isinstance(found, dict) else None
+
+def _one_line(exc: BaseException) -> str:
+    """The last line of an exception's message, shortened: what the user needs in one line."""
+    lines = str(exc).strip().splitlines()
+    text = lines[-1] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _reembed_hint(path: Path, run: str = "RUN") -> str:
+    return (
+        f"the store is damaged: embed again with lscindex embed DATA --run {run} --out {path} "
+        f"--overwrite (lscindex verify {path} lists every problem)"
+    )
+
+
+def _checked_header(raw: Any, path: Path) -> StoreHeader:
+    """A :class:`StoreHeader` from raw attributes, every key's type and range checked.
+
+    Raises:
+        StoreError: not an object, another format version, a missing, unknown or mistyped key,
+            or a value out of range (one line naming it).
+    """
+    if not isinstance(raw, dict):
+        raise StoreError(
+            f"store {path} has damaged attributes: {ATTRS_KEY!r} is a {type(raw).__name__}, "
+            f"expected an object; {_reembed_hint(path)}"
+        )
+    version = raw.get("format_version")
+    if version != STORE_FORMAT_VERSION or isinstance(version, bool):
+        raise StoreError(
+            f"store {path} has format_version {version!r}, this lscindex reads "
+            f"{STORE_FORMAT_VERSION}; embed again or upgrade lscindex"
+        )
+    run = raw.get("run") if isinstance(raw.get("run"), str) else "RUN"
+
+    def damaged(what: str) -> StoreError:
+        return StoreError(
+            f"store {path} has damaged attributes: {what}; {_reembed_hint(path, str(run))}"
+        )
+
+    missing = [k for k in _HEADER_TYPES if k not in raw]
+    unknown = sorted(set(raw) - set(_HEADER_TYPES))
+    if missing or unknown:
+        what = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
+        what += [f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
+        raise damaged(" and ".join(what))
+    for key, types in _HEADER_TYPES.items():
+        value = raw[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise damaged(f"{key} is {value!r}, expected {expected}")
+    if not 0 <= raw["count"] <= MAX_COUNT:
+        raise damaged(f"count is {raw['count']!r}, expected 0..{MAX_COUNT}")
+    if not 1 <= raw["dim"] <= MAX_DIM:
+        raise damaged(f"dim is {raw['dim']!r}, expected 1..{MAX_DIM}")
+    if not 1 <= raw["chunk_rows"] <= max(1, raw["count"]):
+        raise damaged(f"chunk_rows is {raw['chunk_rows']!r}, expected 1..{max(1, raw['count'])}")
+    if raw["dtype"] not in DTYPES:
+        raise damaged(f"dtype is {raw['dtype']!r}, expected one of {DTYPES}")
+    if not re.fullmatch(r"[0-9a-f]{16}", raw["store_id"]):
+        raise damaged(f"store_id is {raw['store_id']!r}, expected 16 hex digits")
+    return StoreHeader(**raw)
+
+
+def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreHeader:
+    """The header of a store (zarr attributes, parquet schema metadata or an unfinished parquet).
+
+    Raises:
+        StoreError: not a store, unfinished (unless ``allow_incomplete``), another format
+            version, or attributes that are unreadable, incomplete, mistyped or out of range.
+    """
+    path = Path(path)
+    raw: Any = None
+    try:
+        if _is_parquet(path):
+            parts = path.with_name(path.name + ".parts")
+            if allow_incomplete and (parts / "header.json").is_file():
+                raw = json.loads((parts / "header.json").read_text())
+            elif path.is_file():
+                meta = pq.read_schema(path).metadata or {}
+                if ATTRS_KEY.encode() in meta:
+                    raw = json.loads(meta[ATTRS_KEY.encode()])
+        elif (path / "zarr.json").is_file():
+            import zarr
+
+            raw = dict(zarr.open_group(str(path), mode="r").attrs).get(ATTRS_KEY)
+    except Exception as exc:  # any damage to the files the header lives in
+        raise StoreError(
+            f"store {path} has unreadable attributes ({_one_line(exc)}); {_reembed_hint(path)}"
+        ) from None
     if raw is None:
         raise StoreError(
             f"{path} is not an lscindex embedding store; create one with "
             f"lscindex embed --out {path}"
         )
-    if raw.get("format_version") != STORE_FORMAT_VERSION:
-        raise StoreError(
-            f"store {path} has format_version {raw.get('format_version')!r}, this lscindex reads "
-            f"{STORE_FORMAT_VERSION}; embed again or upgrade lscindex"
-        )
-    header = StoreHeader(**raw)
+    header = _checked_header(raw, path)
     if not header.complete and not allow_incomplete:
         raise StoreError(
             f"store {path} is unfinished ({header.count:,} rows planned); run the same lscindex "
@@ -323,13 +410,17 @@ class EmbeddingStore:
         header: its attributes (count, dim, dtype, system, run fingerprint, ...).
         embeddings: (N, dim) array-like (zarr array, or numpy for a parquet store); index it to
             read rows, e.g. ``store.embeddings[:1000]``.
-        metadata: pyarrow Table with one row per embedding (see ``METADATA_SCHEMA``).
+        metadata: pyarrow Table with one row per embedding (see ``METADATA_SCHEMA``), sorted by
+            ``row``. Look rows up with :meth:`rows_metadata`, never by position.
     """
 
     path: Path
     header: StoreHeader
     embeddings: Any
     metadata: pa.Table
+    _by_row: tuple[Any, np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return self.header.count
@@ -346,34 +437,79 @@ class EmbeddingStore:
             stop = min(start + step, self.header.count)
             yield start, np.asarray(self.embeddings[start:stop], dtype=np.float32)
 
+    def rows_metadata(self, rows: Sequence[int] | np.ndarray) -> pa.Table:
+        """The metadata of store rows ``rows``, looked up by the ``row`` column, in that order.
+
+        Args:
+            rows: (B,) int store row numbers (e.g. the ids an index returned).
+
+        Raises:
+            StoreError: a row the metadata does not hold (an index of another store).
+        """
+        if self._by_row is None or self._by_row[0] is not self.metadata:
+            column = np.asarray(self.metadata.column("row").to_numpy(), dtype=np.int64)
+            order = np.argsort(column, kind="stable")
+            self._by_row = (self.metadata, order, column[order])
+        _, order, sorted_rows = self._by_row
+        wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
+        at = np.minimum(np.searchsorted(sorted_rows, wanted), max(len(sorted_rows) - 1, 0))
+        found = (sorted_rows[at] == wanted) if len(sorted_rows) else np.zeros(len(wanted), bool)
+        if not found.all():
+            row = int(wanted[~found][0])
+            raise StoreError(
+                f"row {row} is not in the metadata of store {self.path} ({self.header.count:,} "
+                f"rows); the index does not belong to this store: rebuild it with lscindex "
+                f"index {self.path}"
+            )
+        return self.metadata.take(pa.array(order[at]))
+
 
 def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
-    """Open a finished zarr or parquet store.
+    """Open a finished zarr or parquet store, checking cheaply that nothing is missing.
+
+    The checks read no embeddings: the attributes (types, ranges), the array's shape against
+    them, every metadata part, the metadata's ``row`` column covering 0..count-1 exactly once,
+    and every chunk file of the embeddings being there at its size. ``lscindex verify`` (see
+    :func:`lscindex.verify.verify_store`) also reads every chunk.
 
     Returns:
-        :class:`EmbeddingStore` with ``embeddings`` (N, dim) and ``metadata`` (pyarrow Table).
+        :class:`EmbeddingStore` with ``embeddings`` (N, dim) and ``metadata`` (pyarrow Table,
+        sorted by ``row``).
 
     Raises:
-        StoreError: not a store, unfinished, or an unknown format version.
+        StoreError: not a store, unfinished, an unknown format version, or damaged (one line
+            naming what is missing and the fix).
 
     Example:
         >>> store = open_store("emb.zarr")          # doctest: +SKIP
         >>> store.embeddings[:5].shape, store.metadata.column("path")[0]  # doctest: +SKIP
     """
+    from lscindex._store_reading import (
+        check_metadata,
+        chunk_file_problems,
+        ok_rows,
+        read_parquet_store,
+        read_zarr_metadata,
+        zarr_embeddings,
+    )
+
     path = Path(path)
     if not store_exists(path):
         raise StoreError(f"store {path} does not exist; create it with lscindex embed --out {path}")
     header = read_header(path)
     if _is_parquet(path):
-        table = pq.read_table(path)
-        flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        embeddings = flat.reshape(header.count, header.dim)
-        metadata = table.drop_columns(["embedding"])
+        embeddings, metadata = read_parquet_store(path, header)
+        check_metadata(metadata, path, header)
     else:
-        import zarr
-
-        embeddings = zarr.open_array(str(path / "embeddings"), mode="r")
-        metadata = pq.read_table(path / "metadata")
+        embeddings = zarr_embeddings(path, header)
+        metadata = read_zarr_metadata(path, header)
+        check_metadata(metadata, path, header)
+        problems = chunk_file_problems(path, header, embeddings, ok_rows(metadata, header.count))
+        if problems:
+            more = f" (and {len(problems) - 1:,} more)" if len(problems) > 1 else ""
+            raise StoreError(
+                f"store {path}: {problems[0][1]}{more}; {_reembed_hint(path, header.run)}"
+            )
     metadata = metadata.sort_by("row")
     return EmbeddingStore(path=path, header=header, embeddings=embeddings, metadata=metadata)
 

@@ -84,3 +84,45 @@ def test_unreadable_files_become_none_and_are_dropped(tmp_path: Path) -> None:
     images, labels, _, dropped = collate_skipping(items)
     assert images.shape == (3, 3, 4, 4) and labels.dtype == torch.int64 and dropped == 1
     assert collate_skipping([None, None])[3] == 2
+
+
+# -- hostile manifests -------------------------------------------------------------------------
+def _manifest(tmp_path: Path, labels: list[object], **columns: list[object]) -> Path:
+    path = tmp_path / "m.parquet"
+    rows = {"path": [f"{i}.png" for i in range(len(labels))], "label": labels, **columns}
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        ([0, 1, None, 1], r"labels of 1 row\(s\) are missing \(rows 2\)"),
+        ([0.0, 1.0, float("nan"), 1.5], r"2 row\(s\) are NaN or not whole numbers \(rows 2, 3\)"),
+        (["a", "b", "", " "], r"2 row\(s\) are empty \(rows 2, 3\)"),
+        ([0, 1, -1, 1], r"outside \[0, 2\*\*31\) \(rows 2\)"),
+        ([0, 1, 2**40, 1], r"outside \[0, 2\*\*31\) \(rows 2\)"),
+        ([0, 1, 2**30, 1], r"make 1,073,741,825 classes for 4 rows \(rows 2\)"),
+    ],
+)
+def test_manifest_labels_that_would_renumber_or_explode_are_refused(
+    tmp_path: Path, labels: list[object], match: str
+) -> None:
+    path = _manifest(tmp_path, labels)
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=match):
+        load_dataset(path)
+    assert path.read_bytes() == before
+
+
+def test_whole_float_labels_are_class_ids(tmp_path: Path) -> None:
+    # pandas writes an integer column holding a missing value as float; whole values are ids
+    splits = load_dataset(_manifest(tmp_path, [0.0, 1.0, 2.0, 1.0]))
+    assert [label for _, label in splits.train] == [0, 1, 2, 1]
+    assert splits.class_names == ["0", "1", "2"]
+
+
+def test_data_sha256_changes_with_any_path_or_label(tmp_path: Path) -> None:
+    a = load_dataset(_manifest(tmp_path, [0, 1, 0, 1]))
+    assert a.sha256() == load_dataset(_manifest(tmp_path, [0, 1, 0, 1])).sha256()
+    assert a.sha256() != load_dataset(_manifest(tmp_path, [0, 1, 1, 1])).sha256()

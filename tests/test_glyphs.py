@@ -190,8 +190,8 @@ def test_same_seed_gives_the_same_dataset(tmp_path: Path, few_fonts: Path) -> No
 
 def test_overwrite_replaces_an_existing_dataset(tmp_path: Path, few_fonts: Path) -> None:
     out = tmp_path / "ds"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    build_glyph_dataset(out, workers=1, **small(few_fonts, n_classes=6))
+    (out / "old.txt").write_text("old")  # inside a glyph dataset: replaced with it
     info = build_glyph_dataset(out, overwrite=True, workers=1, **small(few_fonts, n_classes=5))
     assert not (out / "old.txt").exists() and info.n_classes == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "fonts"]

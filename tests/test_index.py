@@ -68,3 +68,33 @@ def test_bad_factory_and_missing_index(store: Path, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         load_index(tmp_path / "none.faiss")
     assert not (tmp_path / "x.faiss").exists()
+
+
+def test_build_index_counts_missing_rows_of_an_opened_store(store: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    opened = open_store(store)
+    keep = np.array([r not in (7, 30) for r in range(108)])
+    damaged = dataclasses.replace(opened, metadata=opened.metadata.filter(keep))
+    with pytest.raises(StoreError, match=r"lacks 2 of 108 rows \(first: row 7\)"):
+        build_index(damaged, out=tmp_path / "i.faiss")
+    assert not (tmp_path / "i.faiss").exists()
+
+
+def test_index_ids_must_be_rows_the_store_embedded(store: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    build_index(store, out=tmp_path / "i.faiss")
+    opened = open_store(store)
+    status = pc.if_else(pc.equal(opened.metadata.column("row"), 3), "error", "ok")
+    failed = dataclasses.replace(
+        opened,
+        metadata=opened.metadata.set_column(
+            opened.metadata.schema.get_field_index("status"), "status", status.cast(pa.string())
+        ),
+    )
+    with pytest.raises(StoreError, match=r"has 1 ids of rows store .* did not embed \(first: 3\)"):
+        load_index(tmp_path / "i.faiss", store=failed)

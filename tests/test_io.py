@@ -64,3 +64,31 @@ def test_file_sha256_of_one_and_of_several_files(tmp_path: Path) -> None:
     assert _io.file_sha256(a) == hashlib.sha256(a.read_bytes()).hexdigest()
     both = hashlib.sha256(a.read_bytes() + b.read_bytes()).hexdigest()
     assert _io.file_sha256([a, b]) == both
+
+
+def test_swap_dir_exchanges_atomically_where_the_kernel_can(tmp_path: Path) -> None:
+    # on Linux both folders exist at every instant; the old one ends up removed
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "new").write_text("1")
+    (b / "old").write_text("2")
+    assert _io._exchange(a, b)
+    assert (a / "old").exists() and (b / "new").exists()
+    _io.swap_dir(a, b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert (b / "old").exists()
+
+
+def test_swap_dir_falls_back_to_two_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_io, "_exchange", lambda a, b: False)
+    final, new = tmp_path / "out", tmp_path / "new"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    _io.swap_dir(new, final)
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -64,3 +64,20 @@ def test_pil_images_are_read_like_their_files(run_dir: Path, image_folder: Path)
         assert gray.mode == "L"
         np.testing.assert_array_equal(r.embed([gray]), r.embed([path]))
         assert r.classify([gray], k=2) == r.classify([path], k=2)
+
+
+def test_search_looks_stored_items_up_by_row_not_by_position(run_dir: Path, store: Path) -> None:
+    import dataclasses
+
+    opened = open_store(store)
+    order = np.random.default_rng(0).permutation(108)
+    shuffled = dataclasses.replace(opened, metadata=opened.metadata.take(order))
+    plain = Retriever.open(run_dir, store=store)
+    moved = Retriever(plain.run, shuffled, plain.index)
+    emb = np.asarray(opened.embeddings[:6], dtype=np.float32)
+    assert moved.search(emb, k=5) == plain.search(emb, k=5)
+    paths = opened.metadata.column("path").to_pylist()
+    assert all(n.path == paths[n.row] for hits in moved.search(emb, k=5) for n in hits)
+    missing = dataclasses.replace(opened, metadata=opened.metadata.slice(0, 100))
+    with pytest.raises(StoreError, match=r"row 10[0-7] is not in the metadata of store"):
+        Retriever(plain.run, missing, plain.index).search(emb[:1], k=108)

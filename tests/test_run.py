@@ -64,3 +64,30 @@ def test_stores_are_recorded_once_per_path_newest_last(tmp_path: Path) -> None:
     assert names == ["b.zarr", "a.zarr"]
     listing = json.loads((tmp_path / "stores.json").read_text())
     assert listing[-1]["store_id"] == "3" and listing[-1]["count"] == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("metrics.jsonl", '{"epoch": 1}\n{"epoch": ', "metrics.jsonl is not JSON lines"),
+        ("metrics.jsonl", '{"epoch": 1}\n[1, 2]\n', "not an epoch's metrics"),
+        ("stores.json", "{not json", "stores.json is not valid JSON"),
+        ("stores.json", '{"path": "a.zarr"}', "stores.json is not a list of stores"),
+    ],
+)
+def test_damaged_metrics_and_store_lists_name_the_file(
+    tmp_path: Path, name: str, text: str, match: str
+) -> None:
+    (tmp_path / name).write_text(text)
+    read = run_files.read_metrics if name == "metrics.jsonl" else run_files.recorded_stores
+    with pytest.raises(RunError, match=match):
+        read(tmp_path)
+    assert (tmp_path / name).read_text() == text
+
+
+def test_a_failed_atomic_write_names_the_target_not_its_temporary(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").mkdir()  # the final rename fails: a folder is in the way
+    with pytest.raises(OSError) as caught:
+        run_files.write_metrics(tmp_path, [{"epoch": 1}])
+    assert caught.value.filename == str(tmp_path / "metrics.jsonl")
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary left

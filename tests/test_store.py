@@ -150,3 +150,50 @@ def test_metadata_table_marks_failed_rows_whatever_the_model_said() -> None:
         "error",
     )
     assert np.isnan(bad["score"]) and bad["error"] == "/b.png is empty (0 bytes)"
+
+
+def test_chunk_of_failed_rows_has_no_file_and_the_store_still_opens(tmp_path: Path) -> None:
+    """zarr writes no file for a chunk that is all fill value (NaN): a chunk whose every image
+    failed. open_store and verify accept that, and only that, chunk without a file."""
+    from lscindex.store import StoreHeader, StoreWriter
+    from lscindex.verify import verify_store
+
+    header = StoreHeader(
+        format_version=1,
+        store_id="0123456789abcdef",
+        count=6,
+        dim=2,
+        dtype="float16",
+        chunk_rows=3,
+        system=None,
+        run="runs/x",
+        run_fingerprint="f" * 16,
+        inputs_sha256="0" * 64,
+        complete=False,
+    )
+    path = tmp_path / "failed.zarr"
+    writer = StoreWriter.create(path, header)
+    for chunk, error in ((0, "unreadable image"), (1, "")):
+        rows = np.arange(3 * chunk, 3 * chunk + 3)
+        vectors = np.full((3, 2), np.nan) if error else np.tile([0.6, 0.8], (3, 1))
+        table = metadata_table(
+            rows,
+            ids=[f"{r}" for r in rows],
+            paths=[f"/{r}.png" for r in rows],
+            labels=[0, 0, 0],
+            label_names=["a", "a", "a"],
+            pred=np.zeros(3),
+            score=np.ones(3),
+            novel=np.zeros(3),
+            errors=[error] * 3,
+            class_names=["a"],
+        )
+        writer.write_chunk(chunk, vectors, table)
+    writer.finalize()
+    assert not (path / "embeddings" / "c" / "0" / "0").exists()
+    assert (path / "embeddings" / "c" / "1" / "0").is_file()
+    assert open_store(path).header.count == 6 and verify_store(path).ok
+    assert build_index(path, out=tmp_path / "f.faiss").count == 3
+    (path / "embeddings" / "c" / "1" / "0").unlink()  # embedded rows: its file must be there
+    with pytest.raises(StoreError, match=r"embeddings/c/1/0 \(rows 3..5\) is missing"):
+        open_store(path)

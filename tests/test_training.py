@@ -344,3 +344,49 @@ def test_codec_runs_train_without_a_table(image_folder: Path, tmp_path: Path) ->
     spec = json.loads((run / "config.json").read_text())["model"]["system"]
     assert "assignment" not in spec
     assert open_run(run).system == VectorSystem.from_dict(spec)
+
+
+# -- hostile data ------------------------------------------------------------------------------
+def test_resume_on_other_data_is_refused_naming_the_change(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    fit(config(data, tmp_path / "run", epochs=1))
+    snapshot = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    (data / "train" / "class_000" / "000.png").unlink()
+    with pytest.raises(RunError, match=r"other data \(n_train: 96 -> 95\); resume with the data"):
+        fit(config(data, tmp_path / "run", epochs=2), resume=True)
+    # the deleted image back, another one renamed: the counts match, the paths do not
+    shutil.copy(data / "train" / "class_001" / "002.png", data / "train" / "class_000" / "000.png")
+    (data / "train" / "class_001" / "001.png").rename(data / "train" / "class_001" / "099.png")
+    with pytest.raises(RunError, match="same counts, other images or labels"):
+        fit(config(data, tmp_path / "run", epochs=2), resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_fifo_in_the_training_folder_is_skipped_not_waited_on(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    os.mkfifo(data / "train" / "class_000" / "fifo.png")  # open() on it would block forever
+    result = fit(config(data, tmp_path / "run", epochs=1))
+    assert result.metrics[0].skipped_images == 1
+
+
+def test_a_last_batch_of_one_image_is_left_out_with_a_warning(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    shutil.copy(data / "train" / "class_000" / "000.png", data / "train" / "class_000" / "100.png")
+    warnings: list[str] = []
+
+    class Record(__import__("lscindex").training.TrainCallbacks):  # type: ignore[misc]
+        def on_warning(self, message: str) -> None:
+            warnings.append(message)
+
+    result = fit(config(data, tmp_path / "run", epochs=1), callbacks=Record())  # 97 = 6 x 16 + 1
+    assert result.metrics[0].global_step == 6
+    assert warnings == ["epoch 1: left out a batch of a single image"]

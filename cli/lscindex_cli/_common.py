@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,9 +14,33 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Markup ([red]...[/red]) is for the CLI's own words only: every string that comes from the user
+# or the disk (paths, class and font names, error messages) goes through shown(). No emoji codes:
+# a file named ":smile:.png" stays that.
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def shown(value: object) -> str:
+    """``value`` as text for a rich console: markup escaped, everything unprintable made visible.
+
+    Bytes a file name could not decode (surrogate escapes) show as ``\\xff``, control characters
+    (a newline, an ANSI escape) as ``\\n``, ``\\x1b``: a name can neither crash the printer, nor
+    restyle the terminal, nor break the one-line error.
+    """
+    text = os.fsdecode(value) if isinstance(value, bytes) else str(value)
+    with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate that is no escaped byte
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escape(text)
+
+
+def print_error(message: str) -> None:
+    """``error: message`` as one line on stderr (escaped: a newline in it shows as ``\\n``)."""
+    err_console.print(f"[red]error:[/red] {shown(message.strip())}", highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -38,9 +64,14 @@ def default_of(func: Callable[..., Any], name: str) -> Any:
 
 @dataclass
 class CliState:
-    """What one invocation parsed beyond a command's options; ``main`` passes it as ``obj``."""
+    """What one invocation parsed beyond a command's options; ``main`` passes it as ``obj``.
+
+    ``out`` is the command's ``out`` (option or argument), named in the error when a write
+    fails with an OSError that does not say which file (a full disk fails ``write``, not ``open``).
+    """
 
     debug: bool = False
+    out: str | None = None
 
 
 def _enable_debug(ctx: typer.Context, value: bool) -> None:
@@ -61,18 +92,22 @@ DebugOption = Annotated[
 def add_command(app: typer.Typer, name: str, func: Callable[..., None]) -> None:
     """Register ``func`` as command ``name`` of ``app``, also accepting ``--debug``.
 
-    The flag is consumed by its option callback; ``func`` never sees it.
+    The flag is consumed by its option callback; ``func`` never sees it. Its ``out`` (option or
+    argument), if any, is noted in the :class:`CliState` for the error boundary.
     """
     signature = inspect.signature(func, eval_str=True)
     debug = inspect.Parameter(
         "debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOption
     )
+    context = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
     @functools.wraps(func)
-    def command(*, debug: bool = False, **options: Any) -> None:
+    def command(*, ctx: typer.Context, debug: bool = False, **options: Any) -> None:
+        if isinstance(ctx.obj, CliState) and options.get("out") is not None:
+            ctx.obj.out = str(options["out"])
         func(**options)
 
     command.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[*signature.parameters.values(), debug]
+        parameters=[*signature.parameters.values(), debug, context]
     )
     app.command(name)(command)

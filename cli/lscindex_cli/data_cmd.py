@@ -16,7 +16,7 @@ from lscindex.glyphs import (
     build_glyph_dataset,
     plan_glyph_dataset,
 )
-from lscindex_cli._common import add_command, console, default_of
+from lscindex_cli._common import add_command, console, default_of, shown
 
 data_app = typer.Typer(help="Build datasets.", no_args_is_help=True)
 
@@ -87,15 +87,16 @@ def glyphs(
             f"Would write {plan.n_classes:,} classes ({plan.n_classes_available:,} available): "
             f"{plan.n_train:,} train images from {len(plan.train_fonts)} fonts, {plan.n_val:,} "
             f"val images from {len(plan.val_fonts)} held-out fonts "
-            f"({', '.join(plan.val_fonts)}); {len(plan.skipped_fonts)} fonts unreadable.",
+            f"({shown(', '.join(plan.val_fonts))}); {len(plan.skipped_fonts)} fonts unreadable.",
             highlight=False,
             soft_wrap=True,
         )
         return
     console.print(
-        f"Wrote {info.n_classes:,} classes to {info.out}: {info.n_train:,} train images from "
-        f"{len(info.train_fonts)} fonts, {info.n_val:,} val images from {len(info.val_fonts)} "
-        f"held-out fonts ({', '.join(info.val_fonts)}), {info.size}x{info.size} grayscale PNG.",
+        f"Wrote {info.n_classes:,} classes to {shown(info.out)}: {info.n_train:,} train images "
+        f"from {len(info.train_fonts)} fonts, {info.n_val:,} val images from "
+        f"{len(info.val_fonts)} held-out fonts ({shown(', '.join(info.val_fonts))}), "
+        f"{info.size}x{info.size} grayscale PNG.",
         highlight=False,
         soft_wrap=True,
     )

@@ -15,7 +15,7 @@ from lscindex.errors import RunError
 from lscindex.index import build_index
 from lscindex.retrieval import ClassMatch, Neighbor, Retriever
 from lscindex.run import find_run
-from lscindex_cli._common import console, default_of, print_json
+from lscindex_cli._common import console, default_of, print_json, shown
 
 
 def embed(
@@ -73,13 +73,13 @@ def embed(
     header = report.header
     if report.already_complete:
         console.print(
-            f"{out} is already complete ({header.count:,} rows); left untouched "
+            f"{shown(out)} is already complete ({header.count:,} rows); left untouched "
             f"(--overwrite to redo it)"
         )
         return
     console.print(
-        f"embedded {report.computed_rows:,} images into {out} ({header.count:,} rows, "
-        f"dim {header.dim}, {header.dtype}) in {report.seconds:.1f} s"
+        f"embedded {report.computed_rows:,} images into {shown(out)} ({header.count:,} rows, "
+        f"dim {header.dim}, {shown(header.dtype)}) in {report.seconds:.1f} s"
         + (f"; {report.errors} unreadable (status=error)" if report.errors else "")
     )
 
@@ -96,7 +96,8 @@ def index(
     """Build a FAISS index over a store, with a verified JSON sidecar."""
     info = build_index(store, factory=factory, out=out)
     console.print(
-        f"indexed {info.count:,} embeddings ({info.factory}, dim {info.dim}) into {info.path}"
+        f"indexed {info.count:,} embeddings ({shown(info.factory)}, dim {info.dim}) into "
+        f"{shown(info.path)}"
     )
 
 
@@ -157,18 +158,19 @@ def _print_tables(
         novel = (
             " [yellow](novel: nearest to a target no class owns)[/yellow]" if cls[0].novel else ""
         )
-        table = Table(title=f"{img}{novel}", title_justify="left")
+        table = Table(title=f"{shown(img)}{novel}", title_justify="left")
         for col in ("class", "id", "cosine", "margin"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for c in cls:
-            table.add_row(c.name, str(c.id), f"{c.cosine:.4f}", f"{c.margin:.4f}")
+            table.add_row(shown(c.name), str(c.id), f"{c.cosine:.4f}", f"{c.margin:.4f}")
         console.print(table)
         if nb and retriever.store is not None:
             near = Table(
-                title=f"nearest stored items ({retriever.store.path})", title_justify="left"
+                title=f"nearest stored items ({shown(retriever.store.path)})",
+                title_justify="left",
             )
             for col in ("path", "label", "cosine"):
                 near.add_column(col, justify="right" if col == "cosine" else "left")
             for n in nb:
-                near.add_row(n.path, n.label_name or "", f"{n.cosine:.4f}")
+                near.add_row(shown(n.path), shown(n.label_name or ""), f"{n.cosine:.4f}")
             console.print(near)

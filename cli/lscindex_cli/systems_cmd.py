@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 import lscindex
-from lscindex_cli._common import console, default_of, human_bytes, print_json
+from lscindex_cli._common import console, default_of, human_bytes, print_json, shown
 
 
 def systems(
@@ -43,7 +43,7 @@ def systems(
         table.add_column(column, justify="left" if column == "kind" else "right")
     for r in rows:
         table.add_row(
-            r.kind,
+            shown(r.kind),
             str(r.dim),
             f"{r.n_vectors:,}",
             f"{r.mcs:.3f}",

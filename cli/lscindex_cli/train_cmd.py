@@ -20,7 +20,8 @@ from rich.progress import (
 from lscindex.errors import ConfigError
 from lscindex.plots import plot_runs
 from lscindex.training import EpochMetrics, TrainCallbacks, TrainConfig, fit
-from lscindex_cli._common import console, err_console
+from lscindex.training.config import SCHEDULES
+from lscindex_cli._common import console, err_console, shown
 
 
 class RichProgress(TrainCallbacks):
@@ -60,7 +61,7 @@ class RichProgress(TrainCallbacks):
         )
         console.print(
             f"{n_classes:,} classes, {n_train:,} train / {n_val:,} val images, output dim "
-            f"{dim}, {device}{resumed}"
+            f"{dim}, {shown(device)}{resumed}"
         )
         self.progress.start()
 
@@ -92,7 +93,7 @@ class RichProgress(TrainCallbacks):
         )
 
     def on_warning(self, message: str) -> None:
-        err_console.print(f"[yellow]warning:[/yellow] {message}")
+        err_console.print(f"[yellow]warning:[/yellow] {shown(message)}", highlight=False)
 
     def close(self) -> None:
         self.progress.stop()
@@ -118,8 +119,8 @@ HELP = {
     "epochs": "Epochs.",
     "batch_size": "Batch size per process.",
     "lr": "Peak learning rate.",
-    "opt": "timm.optim optimizer name.",
-    "sched": "timm.scheduler schedule name.",
+    "opt": "timm.optim optimizer name (timm.optim.list_optimizers()).",
+    "sched": f"timm.scheduler schedule: {', '.join(SCHEDULES)}.",
     "warmup_epochs": "Linear warm-up epochs.",
     "weight_decay": "Weight decay.",
     "img_size": "Input side in pixels.",
@@ -194,10 +195,10 @@ def train(**options: Any) -> None:
         last = result.metrics[-1]
         console.print(
             f"[bold]val top-1 {last.val_top1:.3f}, top-5 {last.val_top5:.3f}[/bold] "
-            f"after epoch {last.epoch}; run saved in {result.run_dir}"
+            f"after epoch {last.epoch}; run saved in {shown(result.run_dir)}"
         )
     else:
-        console.print(f"run saved in {result.run_dir}")
+        console.print(f"run saved in {shown(result.run_dir)}")
 
 
 train.__signature__ = _signature()  # type: ignore[attr-defined]
@@ -208,4 +209,4 @@ def plot(
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
 ) -> None:
     """Draw loss and accuracy curves of one or several runs into one PNG."""
-    console.print(f"wrote {plot_runs(runs, out)}")
+    console.print(f"wrote {shown(plot_runs(runs, out))}")

@@ -95,7 +95,8 @@ def build_glyph_dataset(
         out: dataset directory to create (see :mod:`lscindex.glyphs` for the layout).
         fonts, n_classes, size, val_fonts, min_fonts, seed, workers: see
             :func:`plan_glyph_dataset`.
-        overwrite: replace an existing non-empty ``out``.
+        overwrite: replace an existing glyph dataset at ``out`` (one whose ``dataset.json``
+            says ``"kind": "glyphs"``); anything else there is never replaced.
         progress: ``progress(done, total)``; ``total`` first counts the glyphs to analyse and
             grows by the images to write once they are known.
 
@@ -103,8 +104,9 @@ def build_glyph_dataset(
         A :class:`GlyphDatasetInfo` (counts, classes, fonts per split, paths).
 
     Raises:
-        ConfigError: ``out`` exists and is not empty (without ``overwrite``) or is a file, or
-            any error of :func:`plan_glyph_dataset`.
+        ConfigError: ``out`` exists and is not empty (without ``overwrite``), is a non-empty
+            folder that is not a glyph dataset (even with ``overwrite``) or is a file, or any
+            error of :func:`plan_glyph_dataset`.
 
     Example:
         >>> info = build_glyph_dataset("data/glyphs", n_classes=20, size=16)  # doctest: +SKIP
@@ -137,13 +139,30 @@ def build_glyph_dataset(
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
+    """``out`` may be written: absent, an empty folder, or (``overwrite``) a glyph dataset."""
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder; choose another OUT path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
         raise ConfigError(
             f"output folder {out} already exists and is not empty; pass --overwrite to replace "
             "it, or choose another OUT path"
         )
+    if not _is_glyph_dataset(out):
+        raise ConfigError(
+            f"output folder {out} is not a glyph dataset (no dataset.json of kind 'glyphs'), "
+            "so --overwrite will not replace it; remove it yourself or choose another OUT path"
+        )
+
+
+def _is_glyph_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds a dataset this module wrote (its dataset.json says so)."""
+    try:
+        info = json.loads((folder / "dataset.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("kind") == "glyphs"
 
 
 def _write_and_swap_in(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from lscindex.errors import ConfigError
+from lscindex.errors import ConfigError, RunError
 
-__all__ = ["ARCHITECTURE_KEYS", "TrainConfig", "architecture_changes"]
+if TYPE_CHECKING:
+    from lscindex.data import DatasetSplits
+
+__all__ = ["ARCHITECTURE_KEYS", "SCHEDULES", "TrainConfig", "architecture_changes"]
 
 # Keys of TrainConfig that define the model; --resume refuses to change them. The value a run
 # made before a key existed is what that run did (runs before assignments used the codec).
@@ -80,6 +86,10 @@ class TrainConfig:
             raise ConfigError(
                 f"assign_samples must be >= 0 (0: every training image), got {self.assign_samples}"
             )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _check_sched(self.sched, epochs=self.epochs, warmup_epochs=self.warmup_epochs)
+        _check_opt(self.opt, device=self.device)  # last: it imports timm
 
     def rematches_at(self, global_step: int, steps_per_epoch: int) -> bool:
         """Whether the data assignment is re-matched after optimizer step ``global_step`` (1-based).
@@ -110,6 +120,62 @@ class TrainConfig:
         return cls(**data)
 
 
+# The schedules of timm.scheduler.create_scheduler_v2 that the loop can drive (stepped per
+# update, with no metric). Not "plateau" (per epoch, on a metric) nor "none" (no scheduler).
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd", "rsqrt")
+_NOT_SCHEDULES = {
+    "plateau": "it steps per epoch on a validation metric, the loop steps per update",
+    "none": "the loop always steps a schedule; use constant for a fixed lr",
+}
+
+
+def _unknown(what: str, name: str, known: list[str], more: str, *, key: str = "") -> ConfigError:
+    """ConfigError for an unknown ``name``: up to 5 names of ``known`` close to ``key or name``."""
+    close = difflib.get_close_matches(key or name, known, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else more
+    return ConfigError(f"unknown {what} {name!r}; {hint}")
+
+
+def _check_sched(sched: str, *, epochs: int, warmup_epochs: int) -> None:
+    if sched in _NOT_SCHEDULES:
+        raise ConfigError(f"sched {sched!r} is not supported: {_NOT_SCHEDULES[sched]}")
+    if sched not in SCHEDULES:
+        raise _unknown("sched", sched, list(SCHEDULES), f"expected one of {', '.join(SCHEDULES)}")
+    if sched in ("wsd", "rsqrt") and warmup_epochs >= epochs:
+        raise ConfigError(
+            f"sched {sched!r} decays after the warm-up, so it needs warmup_epochs < epochs, got "
+            f"{warmup_epochs} and {epochs}"
+        )
+
+
+def _check_opt(opt: str, *, device: str) -> None:
+    """Raise ConfigError unless timm.optim.create_optimizer_v2 builds ``opt`` for the loop.
+
+    timm reads ``lookahead_NAME`` as NAME wrapped in Lookahead, case-insensitively.
+    """
+    import timm.optim
+
+    name = opt.lower().removeprefix("lookahead_")
+    known = [str(n) for n in timm.optim.list_optimizers()]
+    if name not in known:
+        raise _unknown("opt", opt, known, "see timm.optim.list_optimizers()", key=name)
+    info = timm.optim.get_optimizer_info(name)
+    if info.second_order:
+        raise ConfigError(
+            f"opt {opt!r} needs second-order gradients, which the training loop does not compute; "
+            f"choose a first-order optimizer such as adamw"
+        )
+    if isinstance(info.opt_class, str):  # apex.* and bitsandbytes.*: optional CUDA packages
+        package = info.opt_class.split(".")[0]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"opt {opt!r} comes from {package}, which is not installed; install it or "
+                f"choose another optimizer such as adamw"
+            )
+        if device == "cpu":
+            raise ConfigError(f"opt {opt!r} ({package}) runs on CUDA only, not on device 'cpu'")
+
+
 def architecture_changes(saved: dict[str, Any], config: TrainConfig, n_classes: int) -> list[str]:
     """What resuming ``saved`` (a run's config.json) with ``config`` would change, as text."""
     keys = [k for k in ARCHITECTURE_KEYS if k != "assignment" or config.head == "lsc"]
@@ -122,3 +188,23 @@ def architecture_changes(saved: dict[str, Any], config: TrainConfig, n_classes: 
     if saved["model"]["n_classes"] != n_classes:
         changes.append(f"n_classes: {saved['model']['n_classes']} -> {n_classes}")
     return changes
+
+
+def check_same_data(saved: dict[str, Any], splits: DatasetSplits, out: Path) -> None:
+    """--resume continues on the data the run was trained on (runs that predate the record of
+    their data are not checked)."""
+    before = saved.get("data", {})
+    if before.get("sha256") in (None, splits.sha256()):
+        return
+    now = {
+        "source": splits.source,
+        "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "n_classes": splits.n_classes,
+    }
+    changes = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+    raise RunError(
+        f"--resume would continue {out} on other data "
+        f"({'; '.join(changes) or 'same counts, other images or labels'}); resume with the "
+        f"data it was trained on or train into another --out"
+    )

@@ -16,6 +16,7 @@ import math
 import random
 import resource
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader
 from lscindex import checkpoint as ckpt
 from lscindex import run as run_files
 from lscindex._distributed import Ranks, process_group, select_device
+from lscindex._io import writer_lock
 from lscindex.data import DatasetSplits, ImageDataset, collate_skipping, load_dataset
 from lscindex.errors import RunError
 from lscindex.losses import create_loss
@@ -42,7 +44,7 @@ from lscindex.model import (
     top_classes,
 )
 from lscindex.systems import VectorSystem
-from lscindex.training.config import TrainConfig, architecture_changes
+from lscindex.training.config import TrainConfig, architecture_changes, check_same_data
 from lscindex.training.matching import assignment_samples, match_from_model
 from lscindex.training.progress import EpochMetrics, TrainCallbacks, TrainResult
 from lscindex.training.sampling import EpochSampler, ordered_loader
@@ -147,20 +149,28 @@ def fit(
     Returns:
         :class:`TrainResult` with the metrics of every epoch run now.
 
+    One writer at a time: rank 0 holds ``<out>.lock`` *beside* the run directory (which may
+    not exist yet, and whose emptiness check must not see it) for the whole run; a second
+    ``fit`` into the same ``out`` is refused. Under torchrun a refusal ends the job on rank 0,
+    and torchrun stops the other ranks.
+
     Raises:
         DataError: bad data folder/manifest. ConfigError: unknown model, too many classes for
-        ``dim``, bad values. RunError: out dir holds another run, resume mismatch.
+        ``dim``, bad values. RunError: out dir holds another run, resume mismatch, another
+        process is training into it.
 
     Example:
         >>> fit(TrainConfig(data="data/glyphs", out="runs/glyphs", epochs=3))  # doctest: +SKIP
     """
     device = select_device(config.device)
     with process_group(device) as ranks:
-        if ranks.rank != 0 or callbacks is None:
-            callbacks = TrainCallbacks()
-        job, state = _setup(config, resume, ranks, device)
-        progress = _start(job, state, resume)
-        return _train(job, progress, state, callbacks)
+        lock = writer_lock(config.out, "run", error=RunError) if ranks.rank == 0 else nullcontext()
+        with lock:
+            if ranks.rank != 0 or callbacks is None:
+                callbacks = TrainCallbacks()
+            job, state = _setup(config, resume, ranks, device)
+            progress = _start(job, state, resume)
+            return _train(job, progress, state, callbacks)
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -175,7 +185,7 @@ def _setup(
     # Only rank 0 judges (and later writes) the run directory: the other ranks would otherwise
     # race it and find its fresh config.json.
     if ranks.rank == 0:
-        saved = _check_out_dir(out, resume)
+        saved = run_files.check_out_dir(out, resume)
     else:
         saved = run_files.load_run_config(out) if resume else None
     splits = load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
@@ -191,6 +201,7 @@ def _setup(
                 f"--resume would change the architecture of {out} ({'; '.join(changes)}); "
                 f"resume with the original settings or train into another --out"
             )
+        check_same_data(saved, splits, out)
 
     _seed_everything(config.seed)
     model_config = ModelConfig(
@@ -313,6 +324,7 @@ def _write_run_files(job: _Job) -> None:
             "n_train": len(job.splits.train),
             "n_val": len(job.splits.val),
             "n_classes": job.n_classes,
+            "sha256": job.splits.sha256(),
         },
         data_config=job.model.data_config,
     )
@@ -395,6 +407,11 @@ def _train_epoch(
     for step, (images, labels, _, dropped) in enumerate(loader, start=skip):
         progress.skipped += dropped
         weight = 1.0
+        if len(labels) == 1:
+            # BatchNorm cannot train on a single image (a last batch of one, or one left by
+            # unreadable images): leave it out like an unreadable batch.
+            callbacks.on_warning(f"epoch {epoch + 1}: left out a batch of a single image")
+            labels = labels[:0]
         if len(labels) == 0:
             if world == 1 or last_batch is None:
                 continue
@@ -551,23 +568,6 @@ def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _check_out_dir(out: Path, resume: bool) -> dict[str, Any] | None:
-    """The saved config when resuming; refuses to write over anything else."""
-    if resume:
-        if not (out / run_files.CONFIG).is_file():
-            raise RunError(
-                f"--resume given but {out} holds no run; drop --resume to start one there"
-            )
-        return run_files.load_run_config(out)
-    if (out / run_files.CONFIG).is_file():
-        raise RunError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} is not empty and is not an lscindex run; choose another --out")
-    return None
 
 
 def _all_sum(values: list[float], device: torch.device, world: int) -> list[float]:

@@ -1,0 +1,253 @@
+"""Private: reading a finished store back, and checking that it is whole.
+
+Used by :func:`lscindex.store.open_store` (the cheap checks: attributes against the array,
+every metadata part, rows covering 0..count-1 once, every chunk file at its size) and by
+:mod:`lscindex.verify` (which also reads every chunk). Nothing here allocates by what a crafted
+header claims: counts are checked against what the files hold first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lscindex.errors import StoreError
+from lscindex.store import METADATA_SCHEMA, StoreHeader, _one_line, _part_name, _reembed_hint
+
+__all__ = [
+    "check_metadata",
+    "chunk_file",
+    "chunk_file_problems",
+    "chunk_nbytes",
+    "metadata_schema_problem",
+    "missing_parts",
+    "ok_rows",
+    "read_parquet_store",
+    "read_zarr_metadata",
+    "row_coverage_problem",
+    "zarr_embeddings",
+]
+
+
+def row_coverage_problem(rows: np.ndarray, count: int) -> str | None:
+    """None when ``rows`` ((N,) int) hold each of 0..count-1 exactly once, else what is wrong.
+
+    Cheap when the rows are sorted and complete (the normal case): one pass, no allocation of
+    ``count`` entries, so a crafted ``count`` costs nothing.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == count and (
+        count == 0 or (rows[0] == 0 and rows[-1] == count - 1 and (np.diff(rows) == 1).all())
+    ):
+        return None
+    inside = np.sort(rows[(rows >= 0) & (rows < count)])
+    repeated = inside[1:][np.diff(inside) == 0]
+    unique = np.unique(inside)
+    n_missing, n_outside = count - len(unique), len(rows) - len(inside)
+    if not (n_missing or len(repeated) or n_outside):
+        return None
+    problems = []
+    if n_missing:
+        gaps = np.flatnonzero(unique != np.arange(len(unique)))
+        first = int(gaps[0]) if len(gaps) else len(unique)
+        problems.append(f"lacks {n_missing:,} of {count:,} rows (first: row {first})")
+    if len(repeated):
+        problems.append(f"repeats {len(repeated):,} rows (first: row {int(repeated[0])})")
+    if n_outside:
+        problems.append(f"has {n_outside:,} row numbers outside 0..{count - 1}")
+    return "the metadata " + " and ".join(problems)
+
+
+def ok_rows(metadata: pa.Table, count: int) -> np.ndarray:
+    """(count,) bool by store row: ``status == "ok"`` (the image was embedded).
+
+    ``metadata`` must cover the rows (see :func:`row_coverage_problem`).
+    """
+    good = np.zeros(count, dtype=bool)
+    status = pc.fill_null(pc.equal(metadata.column("status"), "ok"), False)
+    rows = np.asarray(metadata.column("row").to_numpy(), dtype=np.int64)
+    good[rows[np.asarray(status.to_numpy(zero_copy_only=False), dtype=bool)]] = True
+    return good
+
+
+def metadata_schema_problem(metadata: pa.Table) -> str | None:
+    """None when every column of :data:`METADATA_SCHEMA` is there with its type, else which not."""
+    for column in METADATA_SCHEMA:
+        if column.name not in metadata.column_names:
+            return f"the metadata lacks the column {column.name!r}"
+        found = metadata.schema.field(column.name).type
+        if not found.equals(column.type):
+            return f"the metadata column {column.name!r} is {found}, expected {column.type}"
+    return None
+
+
+def missing_parts(path: Path, header: StoreHeader) -> tuple[int, list[int]]:
+    """How many metadata parts of a zarr store are missing, and the first few chunk numbers.
+
+    Costs one folder listing, whatever ``header.n_chunks`` claims.
+    """
+    parts = path / "metadata"
+    found = set()
+    if parts.is_dir():
+        for entry in os.scandir(parts):
+            match = re.fullmatch(r"part-(\d+)\.parquet", entry.name)
+            if match and int(match.group(1)) < header.n_chunks:
+                found.add(int(match.group(1)))
+    n_missing = header.n_chunks - len(found)
+    first: list[int] = []
+    chunk = 0
+    while len(first) < min(3, n_missing):  # ends within len(found) + 3 steps
+        if chunk not in found:
+            first.append(chunk)
+        chunk += 1
+    return n_missing, first
+
+
+def zarr_embeddings(path: Path, header: StoreHeader) -> Any:
+    """The embeddings array of a zarr store, its shape, chunks and dtype checked (nothing read).
+
+    Raises:
+        StoreError: no readable array, or one that disagrees with the store's attributes.
+    """
+    import zarr
+
+    hint = _reembed_hint(path, header.run)
+    try:
+        array = zarr.open_array(str(path / "embeddings"), mode="r")
+        layout = (tuple(array.shape), tuple(array.chunks), str(array.dtype))
+    except Exception as exc:  # any damage to the array's zarr.json
+        raise StoreError(
+            f"store {path} has no readable embeddings array ({_one_line(exc)}); {hint}"
+        ) from None
+    expected = ((header.count, header.dim), (header.chunk_rows, header.dim), header.dtype)
+    if layout != expected:
+        raise StoreError(
+            f"store {path}: its embeddings array has shape {layout[0]}, chunks {layout[1]}, "
+            f"dtype {layout[2]} but its attributes say shape {expected[0]}, chunks "
+            f"{expected[1]}, dtype {expected[2]}; {hint}"
+        )
+    # Uncompressed chunks have a known size: what lets a missing or cut file be seen by stat.
+    codecs = getattr(array.metadata, "codecs", ())
+    names = [codec.to_dict().get("name") if hasattr(codec, "to_dict") else None for codec in codecs]
+    if names != ["bytes"]:
+        raise StoreError(
+            f"store {path}: its embeddings array has codecs {names}, expected ['bytes'] (no "
+            f"compression); {hint}"
+        )
+    return array
+
+
+def chunk_file(path: Path, array: Any, chunk: int) -> Path:
+    """Where zarr keeps chunk ``chunk`` (rows ``chunk * chunk_rows ...``) of the embeddings."""
+    return path / "embeddings" / array.metadata.encode_chunk_key((chunk, 0))
+
+
+def chunk_nbytes(header: StoreHeader) -> int:
+    """The size of every chunk file: chunks are stored uncompressed, the last one at full size."""
+    return header.chunk_rows * header.dim * np.dtype(header.dtype).itemsize
+
+
+def chunk_file_problems(
+    path: Path, header: StoreHeader, array: Any, good: np.ndarray | None
+) -> list[tuple[int, str]]:
+    """(chunk, one line) for each chunk of a zarr store whose file is missing or of wrong size.
+
+    zarr leaves a chunk that is all fill value (NaN) unwritten, so a chunk whose every row
+    failed (``good``: (count,) bool by row; None counts every row as embedded) may lack its
+    file; any other chunk may not, or its embedded rows would read as NaN. Costs one ``stat``
+    per chunk.
+    """
+    nbytes = chunk_nbytes(header)
+    problems = []
+    for chunk in range(header.n_chunks):
+        start, stop = header.chunk_range(chunk)
+        file = chunk_file(path, array, chunk)
+        rows = f"rows {start}..{stop - 1}"
+        if not file.is_file():
+            if good is None or good[start:stop].any():
+                problems.append((chunk, f"chunk file {file.relative_to(path)} ({rows}) is missing"))
+        elif file.stat().st_size != nbytes:
+            problems.append(
+                (
+                    chunk,
+                    f"chunk file {file.relative_to(path)} ({rows}) has {file.stat().st_size:,} "
+                    f"bytes, expected {nbytes:,} (truncated or overwritten)",
+                )
+            )
+    return problems
+
+
+def read_zarr_metadata(path: Path, header: StoreHeader) -> pa.Table:
+    """Every metadata part of a zarr store as one table (parts checked to be all there).
+
+    Raises:
+        StoreError: a missing or unreadable part.
+    """
+    n_missing, first = missing_parts(path, header)
+    if n_missing:
+        ranges = ", ".join(
+            f"{_part_name(c)} (rows {header.chunk_range(c)[0]}..{header.chunk_range(c)[1] - 1})"
+            for c in first
+        )
+        more = f" and {n_missing - len(first):,} more" if n_missing > len(first) else ""
+        raise StoreError(
+            f"store {path} lacks metadata {ranges}{more}; {_reembed_hint(path, header.run)}"
+        )
+    try:
+        return pq.read_table(path / "metadata")
+    except Exception as exc:  # a damaged part or a foreign file among them
+        raise StoreError(
+            f"store {path} has unreadable metadata ({_one_line(exc)}); "
+            f"{_reembed_hint(path, header.run)}"
+        ) from None
+
+
+def read_parquet_store(path: Path, header: StoreHeader) -> tuple[np.ndarray, pa.Table]:
+    """(embeddings (count, dim), metadata) of a parquet store, its rows and column checked.
+
+    The row count and the embedding column's type are read from the footer first, so a crafted
+    header allocates nothing.
+
+    Raises:
+        StoreError: unreadable, another row count or embedding type, rows with no embedding.
+    """
+    hint = _reembed_hint(path, header.run)
+    expected = pa.list_(pa.from_numpy_dtype(np.dtype(header.dtype)), header.dim)
+    try:
+        file = pq.ParquetFile(path)
+        n_rows = file.metadata.num_rows
+        schema = file.schema_arrow
+    except Exception as exc:
+        raise StoreError(f"store {path} is unreadable ({_one_line(exc)}); {hint}") from None
+    if n_rows != header.count:
+        raise StoreError(
+            f"store {path} holds {n_rows:,} rows but its attributes say {header.count:,}; {hint}"
+        )
+    found = schema.field("embedding").type if "embedding" in schema.names else None
+    if found is None or not found.equals(expected):
+        raise StoreError(f"store {path} has embedding column {found}, expected {expected}; {hint}")
+    try:
+        table = file.read()
+    except Exception as exc:
+        raise StoreError(f"store {path} is unreadable ({_one_line(exc)}); {hint}") from None
+    column = table.column("embedding")
+    if column.null_count:
+        raise StoreError(f"store {path} has {column.null_count:,} rows with no embedding; {hint}")
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(header.count, header.dim), table.drop_columns(["embedding"])
+
+
+def check_metadata(metadata: pa.Table, path: Path, header: StoreHeader) -> None:
+    """Raise :class:`StoreError` unless the metadata has its columns and covers every row once."""
+    problem = metadata_schema_problem(metadata) or row_coverage_problem(
+        metadata.column("row").to_numpy(), header.count
+    )
+    if problem:
+        raise StoreError(f"store {path}: {problem}; {_reembed_hint(path, header.run)}")
