@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def assert_topk_exact(
@@ -51,3 +52,16 @@ def make_image_folder(
                 pic = Image.fromarray(img)
                 (pic if mode == "L" else pic.convert("RGB")).save(folder / f"{i:03d}.png")
     return root
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``lscindex ARGS`` in this process: (exit code, stdout, stderr)."""
+    from lscindex_cli.main import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

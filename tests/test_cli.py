@@ -12,18 +12,9 @@ from typing import Any, Literal, get_origin, get_type_hints
 
 import pytest
 import typer.main
+from helpers import run_cli
 
 from lscindex_cli.main import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_systems_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,23 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_image_folder
+from helpers import make_image_folder, run_cli
 
 from lscindex_cli.main import error_message, main
 
 # Class folders named like rich markup and emoji codes: query prints them in a table. (A closing
 # tag, which would crash the printer, needs a "/": a manifest label, not a folder name.)
 HOSTILE_CLASSES = ("[red]alert", ":smile: [b]x", "plain")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(*roots: Path) -> dict[Path, bytes]:

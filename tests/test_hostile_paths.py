@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_cli
 
 from lscindex._io import writer_lock
 from lscindex.errors import RunError, StoreError
 from lscindex.store import open_store
-from lscindex_cli.main import main
 
 FAST = ["--workers", "0", "--device", "cpu", "--batch-size", "16"]
 
@@ -43,16 +43,6 @@ def tree_digest(path: Path) -> str:
             digest.update(f"F {rel} {p.stat().st_size}\n".encode())
             digest.update(p.read_bytes())
     return digest.hexdigest()
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(code: int, err: str, *needles: str) -> None:

@@ -16,23 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from lscindex.errors import RunError, StoreError
 from lscindex.index import build_index, load_index
 from lscindex.retrieval import Retriever
 from lscindex.store import open_store
 from lscindex.verify import verify_index, verify_run, verify_store
-from lscindex_cli.main import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(path: Path) -> dict[str, str]:
