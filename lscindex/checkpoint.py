@@ -181,8 +181,9 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
         global_step=state.global_step,
         assignment=state.assignment,
     )
-    for old in root.iterdir():
-        if old.is_dir() and old.name != name:
+    for old in root.iterdir():  # older checkpoints and leftovers of interrupted saves, only
+        ours = old.name.startswith(("step-", ".step-"))
+        if ours and old.is_dir() and not old.is_symlink() and old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -98,3 +98,26 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / ".step-000000002.abc").mkdir()
     loaded = ckpt.load_training_state(tmp_path)
     assert loaded is not None and loaded.global_step == 1
+
+
+def test_only_checkpoint_folders_are_ever_removed(tmp_path: Path) -> None:
+    model, opt = _trained_optimizer()
+    mine = tmp_path / "checkpoints" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("not lscindex's")
+    for step in (1, 2):
+        ckpt.save_training_state(
+            tmp_path,
+            ckpt.TrainingState(
+                epoch=0,
+                step_in_epoch=step,
+                global_step=step,
+                model=model.state_dict(),
+                optimizer=opt.state_dict(),
+                rng=ckpt.capture_rng(),
+                extra={},
+            ),
+        )
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest.json", "notes", "step-000000002"]
+    assert (mine / "keep.txt").read_text() == "not lscindex's"
