@@ -56,7 +56,11 @@ def select_device(name: str = "auto", local_rank: int | None = None) -> torch.de
             raise ConfigError(
                 f"device {name!r} requested but no CUDA device is available; use --device cpu"
             )
+        if name != "cuda" and not name.removeprefix("cuda:").isdigit():
+            raise ConfigError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
         return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise ConfigError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
     return torch.device("cpu")
 
 

@@ -15,7 +15,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ __all__ = [
     "LOCK_SUFFIX",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_with",
     "file_sha256",
     "fsync_dir",
     "public_dir_mode",
@@ -76,6 +77,26 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         # name the file being written, not its hidden temporary
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """Publish what ``write(temp_path)`` writes at ``path`` atomically (for writers that want a
+    file name, such as ``faiss.write_index``): a unique temp file beside ``path``, fsync,
+    rename; the temp file is removed if anything fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -213,11 +234,20 @@ def writer_lock(
 
 
 def _acquire(lock: Path, mine: dict[str, Any], what: str, error: type[LscIndexError]) -> None:
-    data = json.dumps(mine).encode()
-    for _ in range(8):  # each round acquires, refuses, or clears one stale lock
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _FILE_MODE)
-        except FileExistsError:
+    # The lock appears with its content: written to a private temp file first, then hard-linked
+    # to the lock's name (link fails if the name exists), so no reader ever sees it empty.
+    fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=".tmp", dir=lock.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        os.write(fd, json.dumps(mine).encode())
+        os.fsync(fd)
+        os.close(fd)
+        for _ in range(8):  # each round acquires, refuses, or clears one stale lock
+            try:
+                os.link(tmp, lock)
+                return
+            except FileExistsError:
+                pass
             holder = _read_lock(lock)
             if holder is not None and _is_stale(holder):
                 _clear_stale(lock, holder)
@@ -232,16 +262,9 @@ def _acquire(lock: Path, mine: dict[str, Any], what: str, error: type[LscIndexEr
                 f"{holder['host']}, since {holder.get('started', '?')}); wait for it to finish, "
                 f"or remove {lock} if that process is gone"
             ) from None
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            lock.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return
-    raise error(f"{what}: could not take {lock} (it keeps changing); try again")
+        raise error(f"{what}: could not take {lock} (it keeps changing); try again")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _read_lock(lock: Path) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from lscindex._io import atomic_write_json, public_dir_mode, swap_dir
+from lscindex.errors import RunError
 from lscindex.run import (
     ASSIGNMENT,
     CHECKPOINTS,
@@ -189,12 +191,28 @@ def save_training_state(run_dir: str | os.PathLike[str], state: TrainingState) -
 
 
 def load_training_state(run_dir: str | os.PathLike[str]) -> TrainingState | None:
-    """The newest complete checkpoint of a run, or None when it has none."""
+    """The newest complete checkpoint of a run, or None when it has none.
+
+    Raises:
+        RunError: a damaged or edited checkpoint (the message names it).
+    """
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / "latest.json"
     if not pointer.is_file():
         return None
-    folder = root / json.loads(pointer.read_text())["checkpoint"]
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+        if not isinstance(name, str) or not re.fullmatch(r"step-\d{9,}", name):
+            raise ValueError(f"names {name!r}, not a checkpoint folder")
+        return _load_checkpoint(root / name)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # JSON errors are ValueErrors
+        raise RunError(
+            f"the checkpoint of {run_dir} is damaged ({type(exc).__name__}: {exc}); restore "
+            f"{root} or train the run again into another --out"
+        ) from exc
+
+
+def _load_checkpoint(folder: Path) -> TrainingState:
     meta = json.loads((folder / "state.json").read_text())
     tensors = load_weights(folder / "optimizer.safetensors")
     rng = {
@@ -205,13 +223,13 @@ def load_training_state(run_dir: str | os.PathLike[str]) -> TrainingState | None
     if meta["rng"]["cuda_devices"]:
         rng["cuda"] = [tensors.pop(f"rng.cuda.{i}") for i in range(meta["rng"]["cuda_devices"])]
     return TrainingState(
-        epoch=meta["epoch"],
-        step_in_epoch=meta["step_in_epoch"],
-        global_step=meta["global_step"],
+        epoch=int(meta["epoch"]),
+        step_in_epoch=int(meta["step_in_epoch"]),
+        global_step=int(meta["global_step"]),
         model=load_weights(folder / WEIGHTS),
         optimizer=_join_optimizer(tensors, meta["optimizer"]),
         rng=rng,
-        extra=meta["extra"],
+        extra=dict(meta["extra"]),
         assignment=load_assignment(folder / ASSIGNMENT)
         if (folder / ASSIGNMENT).is_file()
         else None,

@@ -88,7 +88,14 @@ class DatasetSplits:
         import hashlib
         import json
 
-        blob = json.dumps([self.train, self.val, self.keys], separators=(",", ":"))
+        root = Path(self.source)
+        root = root if root.is_dir() else root.parent
+        # paths relative to the data's root: the same data named another way is the same data
+        train, val = (
+            [(os.path.relpath(os.path.abspath(p), os.path.abspath(root)), y) for p, y in split]
+            for split in (self.train, self.val)
+        )
+        blob = json.dumps([train, val, self.keys], separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -266,12 +273,13 @@ def _manifest_classes(path: Path, rows: list[ManifestRow]) -> tuple[list[int], l
     ``class_name`` column, else by the number); string labels become classes in sorted order."""
     labels = [r.label for r in rows if isinstance(r.label, int)]
     if len(labels) == len(rows):
-        if max(labels) >= _MAX_CLASSES_PER_ROW * len(rows) + 1_000_000:
-            big = [i for i, label in enumerate(labels) if label == max(labels)]
+        top = max(labels)
+        if top >= _MAX_CLASSES_PER_ROW * len(rows) + 1_000_000:
+            big = [i for i, label in enumerate(labels) if label == top]
             _refuse_rows(
                 path,
                 big,
-                f"make {max(labels) + 1:,} classes for {len(rows):,} rows",
+                f"make {top + 1:,} classes for {len(rows):,} rows",
                 "number the classes 0..n-1 (most classes would have no images)",
             )
         names = ["" for _ in range(max(labels) + 1)]

@@ -293,8 +293,12 @@ def _swap_finished(opened: Run, writer: StoreWriter, final: Path) -> bool:
 
 
 def _scratch_path(final: Path) -> Path:
-    """Where an --overwrite builds the new store before swapping it in (``emb.new.zarr``)."""
-    return final.with_name(f"{final.stem}.new{final.suffix}")
+    """Where an --overwrite builds the new store before swapping it in (``.emb.overwrite.zarr``).
+
+    Hidden and derived from ``final``, so the lock on ``final`` covers it and no store a user
+    names can be taken for it.
+    """
+    return final.with_name(f".{final.stem}.overwrite{final.suffix}")
 
 
 def _rank0_lock(final: Path, here: Ranks) -> AbstractContextManager[Any]:
@@ -506,17 +510,13 @@ def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWrite
     existing = _existing_store(out)
     if existing is None:
         return StoreWriter.create(out, header)
-    if (
-        existing.complete
-        and existing.run_fingerprint == header.run_fingerprint
-        and (existing.inputs_sha256 == header.inputs_sha256)
-    ):
-        return StoreWriter(out, existing)
     differences = [
         name
         for name in ("run_fingerprint", "inputs_sha256", "dtype", "dim", "chunk_rows", "count")
         if getattr(existing, name) != getattr(header, name)
     ]
+    if existing.complete and not differences:  # done before, with these very settings
+        return StoreWriter(out, existing)
     if scratch and differences:
         return StoreWriter.create(out, header)
     if existing.complete or differences:

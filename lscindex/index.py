@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lscindex._io import atomic_write_json, file_sha256, fsync_dir
+from lscindex._io import atomic_write_json, atomic_write_with, file_sha256
 from lscindex._store_reading import ok_rows, row_coverage_problem
 from lscindex.errors import ConfigError, StoreError
 from lscindex.store import EmbeddingStore, open_store
@@ -228,16 +228,10 @@ def _train_index(index: Any, store: EmbeddingStore, sample: np.ndarray, factory:
 
 
 def _write_index(index: Any, path: Path) -> None:
-    """Write ``index`` to ``path`` atomically (temp file beside it, fsync, rename)."""
+    """Write ``index`` to ``path`` atomically (unique temp file beside it, fsync, rename)."""
     import faiss
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> IndexInfo:

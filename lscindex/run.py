@@ -327,6 +327,9 @@ def record_store(
         stores = json.loads(listing.read_text()) if listing.is_file() else []
     except ValueError:
         stores = []
+    if not isinstance(stores, list):  # a damaged registry of ours: start it again
+        stores = []
+    stores = [s for s in stores if isinstance(s, dict)]
     entry = {"path": str(Path(store).resolve()), "store_id": store_id, "count": count}
     stores = [s for s in stores if s.get("path") != entry["path"]] + [entry]
     atomic_write_json(listing, stores)
@@ -413,8 +416,9 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; train one with lscindex train")
     config = load_run_config(run_dir)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from lscindex._distributed import select_device
+
+    target = select_device(device)
     model_config = ModelConfig.from_dict(config["model"])
     system = None
     if model_config.system is not None:
@@ -441,7 +445,7 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
             f"weights of {run_dir} do not fit its config (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); the run is damaged, retrain it"
         )
-    model.eval().to(device)
+    model.eval().to(target)
     names, keys = _load_class_names(run_dir, model_config.n_classes)
     transform = create_eval_transform(config["data_config"])
     return Run(
@@ -453,5 +457,5 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
         class_keys=keys,
         transform=transform,
         fingerprint=run_fingerprint(run_dir),
-        device=torch.device(device),
+        device=target,
     )

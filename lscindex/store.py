@@ -396,8 +396,8 @@ def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
 
 def store_exists(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
-    if _is_parquet(path):
-        return path.is_file() or path.with_name(path.name + ".parts").is_dir()
+    if _is_parquet(path):  # a folder named x.parquet is something (a Hive dataset): not free
+        return path.exists() or path.is_symlink() or path.with_name(path.name + ".parts").is_dir()
     return path.exists()
 
 

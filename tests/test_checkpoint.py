@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from lscindex import checkpoint as ckpt
+from lscindex.errors import RunError
 
 
 def _trained_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -121,3 +123,18 @@ def test_only_checkpoint_folders_are_ever_removed(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest.json", "notes", "step-000000002"]
     assert (mine / "keep.txt").read_text() == "not lscindex's"
+
+
+@pytest.mark.parametrize(
+    ("pointer", "match"),
+    [
+        ("[]", "TypeError"),
+        ('{"checkpoint": "../.."}', "not a checkpoint folder"),
+        ("{not json", "JSONDecodeError"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_run_error(tmp_path: Path, pointer: str, match: str) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest.json").write_text(pointer)
+    with pytest.raises(RunError, match=match):
+        ckpt.load_training_state(tmp_path)

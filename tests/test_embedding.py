@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,21 @@ def test_store_of_another_run_is_refused_and_kept(
     ):
         build_store(other_run, [image_folder], store, chunk_rows=32, workers=0)
     assert open_store(store).header == before
+
+
+def test_a_finished_store_with_other_settings_is_not_taken_for_done(
+    store: Path, run_dir: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "emb.zarr"
+    shutil.copytree(store, out)
+    before = open_store(out).header
+    with pytest.raises(StoreError, match=r"differs in dtype.*--overwrite"):
+        build_store(run_dir, [image_folder], out, chunk_rows=32, workers=0, dtype="float32")
+    assert open_store(out).header == before
+    build_store(
+        run_dir, [image_folder], out, chunk_rows=32, workers=0, dtype="float32", overwrite=True
+    )
+    assert open_store(out).header.dtype == "float32"
 
 
 def test_overwrite_replaces_only_when_complete(

@@ -159,6 +159,24 @@ def test_out_is_a_random_file(
 
 
 @pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_is_a_parquet_dataset_folder(
+    run_dir: Path,
+    data: Path,
+    tmp_path: Path,
+    overwrite: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "table.parquet"  # a Hive/Spark data set is a folder of parts
+    out.mkdir()
+    (out / "part-0.parquet").write_bytes(os.urandom(100))
+    before = tree_digest(out)
+    code, _, err = run_cli(embed_args(run_dir, [data / "val"], out, *overwrite), capsys)
+    refused(code, err, f"{out} exists and is not an lscindex store")
+    assert tree_digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "table.parquet"]
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
 def test_out_is_a_zarr_of_someone_else(
     run_dir: Path,
     data: Path,
@@ -193,8 +211,8 @@ def test_out_is_a_folder_of_images_with_overwrite(
 def test_scratch_path_of_an_overwrite_is_never_taken_from_someone_else(
     run_dir: Path, image_folder: Path, store_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--overwrite builds beside the store (emb.new.zarr); a folder of theirs there is kept."""
-    theirs = store_copy.with_name("emb.new.zarr")
+    """--overwrite builds in .emb.overwrite.zarr beside the store; a folder of theirs is kept."""
+    theirs = store_copy.with_name(".emb.overwrite.zarr")
     theirs.mkdir()
     (theirs / "mine.txt").write_text("keep me")
     before = {p: tree_digest(p) for p in (store_copy, theirs)}
@@ -376,7 +394,7 @@ def test_interrupted_overwrite_leaves_the_old_store_intact(
     assert tree_digest(store_copy) == before
     assert open_store(store_copy).header.complete
     assert not lock_of(store_copy).exists()
-    assert (store_copy.parent / "emb.new.zarr").is_dir()  # the resumable half-built new store
+    assert (store_copy.parent / ".emb.overwrite.zarr").is_dir()  # the resumable half-built store
 
     monkeypatch.setattr(embedding, "_write_chunk", real)
     code, _, err = run_cli(args, capsys)

@@ -92,3 +92,18 @@ def test_swap_dir_falls_back_to_two_renames(
     _io.swap_dir(new, final)
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_with_a_writer_that_fails_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+
+    def half(tmp: Path) -> None:
+        tmp.write_bytes(b"ne")
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError):
+        _io.atomic_write_with(target, half)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
+    _io.atomic_write_with(target, lambda tmp: tmp.write_bytes(b"new"))
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["x.bin"]

@@ -389,4 +389,24 @@ def test_a_last_batch_of_one_image_is_left_out_with_a_warning(
 
     result = fit(config(data, tmp_path / "run", epochs=1), callbacks=Record())  # 97 = 6 x 16 + 1
     assert result.metrics[0].global_step == 6
-    assert warnings == ["epoch 1: left out a batch of a single image"]
+    assert warnings == ["epoch 1: left out one image so that no batch has one"]
+
+
+def test_resume_accepts_the_same_data_named_another_way(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    fit(config(data, tmp_path / "run", epochs=1))
+    monkeypatch.chdir(tmp_path)
+    result = fit(config(Path("data"), tmp_path / "run", epochs=2), resume=True)
+    assert [m.epoch for m in result.metrics] == [2]
+
+
+def test_batch_size_one_and_unknown_devices_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        config(tmp_path, tmp_path / "run", batch_size=1)
+    from lscindex._distributed import select_device
+
+    with pytest.raises(ConfigError, match="device 'gpu' is not one of auto, cpu, cuda"):
+        select_device("gpu")

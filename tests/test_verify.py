@@ -433,3 +433,13 @@ def test_damaged_run_is_named(
     with pytest.raises(RunError, match=f"the {check} check failed: .*{re.escape(match)}"):
         verify_run(run_copy).raise_for_failure()
     assert snapshot(run_copy) == before
+
+
+def test_paths_that_look_like_markup_are_printed_as_they_are(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "a[" / "b]" / "emb.zarr"  # "…/a[/b]/emb.zarr": a closing tag to rich
+    shutil.copytree(store, out)
+    code, printed, err = run_cli(["verify", str(out)], capsys)
+    assert code == 0, err
+    assert "a[/b]" in printed.replace("\n", "")

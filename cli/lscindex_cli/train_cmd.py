@@ -174,7 +174,7 @@ def _signature() -> inspect.Signature:
 def _config(options: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of the parsed options (``resume`` taken out): undoes :func:`_parameter`."""
     dim = options["dim"]
-    if dim != "auto" and not dim.isdigit():
+    if dim != "auto" and not (dim.isascii() and dim.isdigit()):
         raise ConfigError(f"--dim must be 'auto' or a positive integer, got {dim!r}")
     paths = {name: str(options[name]) for name in _PATHS}
     return TrainConfig(**{**options, **paths, "dim": None if dim == "auto" else int(dim)})

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lscindex.verify import verify_path
-from lscindex_cli._common import console, print_json
+from lscindex_cli._common import console, print_json, shown
 
 
 def verify(
@@ -28,11 +28,11 @@ def verify(
     if as_json:
         print_json(report.to_dict())
     else:
-        table = Table(title=f"{report.kind} {report.path}", title_justify="left")
+        table = Table(title=f"{report.kind} {shown(report.path)}", title_justify="left")
         for column in ("check", "ok", "detail"):
             table.add_column(column)
         for check in report.checks:
             mark = "[green]ok[/green]" if check.ok else "[red]FAILED[/red]"
-            table.add_row(check.name, mark, check.detail)
+            table.add_row(shown(check.name), mark, shown(check.detail))
         console.print(table)
     report.raise_for_failure()  # the CLI's error boundary prints it on one line, exit 1

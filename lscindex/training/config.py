@@ -62,6 +62,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "img_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size == 1:
+            raise ConfigError(
+                "batch_size must be >= 2: BatchNorm cannot train on batches of one image"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.head not in ("lsc", "ce"):
@@ -193,7 +197,8 @@ def architecture_changes(saved: dict[str, Any], config: TrainConfig, n_classes: 
 def check_same_data(saved: dict[str, Any], splits: DatasetSplits, out: Path) -> None:
     """--resume continues on the data the run was trained on (runs that predate the record of
     their data are not checked)."""
-    before = saved.get("data", {})
+    before = saved.get("data")
+    before = before if isinstance(before, dict) else {}
     if before.get("sha256") in (None, splits.sha256()):
         return
     now = {

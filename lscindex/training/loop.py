@@ -219,7 +219,14 @@ def _setup(
         model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay
     )
     shard = len(
-        EpochSampler(len(splits.train), seed=0, epoch=0, rank=ranks.rank, world=ranks.world)
+        EpochSampler(
+            len(splits.train),
+            seed=0,
+            epoch=0,
+            rank=ranks.rank,
+            world=ranks.world,
+            batch_size=config.batch_size,
+        )
     )
     steps_per_epoch = max(1, math.ceil(shard / config.batch_size))
     amp_dtype = None
@@ -387,17 +394,21 @@ def _train_epoch(
     """The steps of one epoch (from ``progress.step_in_epoch``); True when max_steps stops it."""
     config, world = job.config, job.ranks.world
     epoch, skip = progress.epoch, progress.step_in_epoch
+    sampler = EpochSampler(
+        len(job.splits.train),
+        seed=config.seed,
+        epoch=epoch,
+        rank=job.ranks.rank,
+        world=world,
+        skip=skip * config.batch_size,
+        batch_size=config.batch_size,
+    )
+    if sampler.dropped_last and skip == 0:
+        callbacks.on_warning(f"epoch {epoch + 1}: left out one image so that no batch has one")
     loader: DataLoader[Any] = DataLoader(
         ImageDataset(job.splits.train, job.train_tf),
         batch_size=config.batch_size,
-        sampler=EpochSampler(
-            len(job.splits.train),
-            seed=config.seed,
-            epoch=epoch,
-            rank=job.ranks.rank,
-            world=world,
-            skip=skip * config.batch_size,
-        ),
+        sampler=sampler,
         num_workers=config.workers,
         collate_fn=collate_skipping,
         generator=torch.Generator().manual_seed(config.seed * 7919 + epoch),
@@ -408,8 +419,8 @@ def _train_epoch(
         progress.skipped += dropped
         weight = 1.0
         if len(labels) == 1:
-            # BatchNorm cannot train on a single image (a last batch of one, or one left by
-            # unreadable images): leave it out like an unreadable batch.
+            # BatchNorm cannot train on a single image (one left by unreadable images; the
+            # sampler already leaves out a last batch of one): skip it like an unreadable batch.
             callbacks.on_warning(f"epoch {epoch + 1}: left out a batch of a single image")
             labels = labels[:0]
         if len(labels) == 0:

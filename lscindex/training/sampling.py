@@ -31,12 +31,17 @@ class EpochSampler(Sampler[int]):
         skip: int = 0,
         shuffle: bool = True,
         pad: bool = True,
+        batch_size: int | None = None,
     ) -> None:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
         if pad and world > 1:
             order += order[: (-len(order)) % world]
-        self.indices = order[rank::world][skip:]
+        mine = order[rank::world]
+        # With ``batch_size``, a last batch of a single sample is left out (the same on every
+        # rank, as the shards are padded to one length): BatchNorm cannot train on one image.
+        self.dropped_last = bool(batch_size and batch_size > 1 and len(mine) % batch_size == 1)
+        self.indices = (mine[:-1] if self.dropped_last else mine)[skip:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
