@@ -60,11 +60,12 @@ def test_training_state_roundtrips_without_pickle(tmp_path: Path) -> None:
     torch.testing.assert_close(torch.rand(3), x)
 
 
-def test_only_the_newest_checkpoint_is_kept_and_pointed_to(tmp_path: Path) -> None:
-    model, opt = _trained_optimizer()
-    for step in (1, 2):
+def _save_steps(
+    run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, steps: tuple[int, ...]
+) -> None:
+    for step in steps:
         ckpt.save_training_state(
-            tmp_path,
+            run_dir,
             ckpt.TrainingState(
                 epoch=0,
                 step_in_epoch=step,
@@ -75,6 +76,11 @@ def test_only_the_newest_checkpoint_is_kept_and_pointed_to(tmp_path: Path) -> No
                 extra={},
             ),
         )
+
+
+def test_only_the_newest_checkpoint_is_kept_and_pointed_to(tmp_path: Path) -> None:
+    model, opt = _trained_optimizer()
+    _save_steps(tmp_path, model, opt, (1, 2))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "latest.json",
         "step-000000002",
@@ -107,19 +113,7 @@ def test_only_checkpoint_folders_are_ever_removed(tmp_path: Path) -> None:
     mine = tmp_path / "checkpoints" / "notes"
     mine.mkdir(parents=True)
     (mine / "keep.txt").write_text("not lscindex's")
-    for step in (1, 2):
-        ckpt.save_training_state(
-            tmp_path,
-            ckpt.TrainingState(
-                epoch=0,
-                step_in_epoch=step,
-                global_step=step,
-                model=model.state_dict(),
-                optimizer=opt.state_dict(),
-                rng=ckpt.capture_rng(),
-                extra={},
-            ),
-        )
+    _save_steps(tmp_path, model, opt, (1, 2))
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest.json", "notes", "step-000000002"]
     assert (mine / "keep.txt").read_text() == "not lscindex's"
