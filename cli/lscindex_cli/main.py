@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from lscindex.errors import LscIndexError
-from lscindex_cli import store_cmd, systems_cmd, train_cmd, verify_cmd
+from lscindex_cli import query_cmd, store_cmd, systems_cmd, train_cmd, verify_cmd
 from lscindex_cli._common import CliState, DebugOption, add_command, print_error
 from lscindex_cli.data_cmd import data_app
 
@@ -36,7 +36,7 @@ add_command(app, "train", train_cmd.train)
 add_command(app, "plot", train_cmd.plot)
 add_command(app, "embed", store_cmd.embed)
 add_command(app, "index", store_cmd.index)
-add_command(app, "query", store_cmd.query)
+add_command(app, "query", query_cmd.query)
 add_command(app, "verify", verify_cmd.verify)
 
 
