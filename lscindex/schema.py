@@ -1,0 +1,111 @@
+"""The versioned JSON documents lscindex prints: ``query --json``, ``eval --json``, ``systems --json``.
+
+Every document is one JSON object with ``schema_version`` and ``kind`` first; docs/json-schema.md
+describes each field, with an example. The rules every document keeps:
+
+- strict JSON: no NaN or Infinity (a value that is not finite is ``null``), so any parser reads it;
+- what answered is named: the run, store and index with their identities, and how each was chosen;
+- class scores say what they are (``score_meaning``): ``cosine`` to the class target for an lsc
+  run, softmax ``probability`` for a ce run.
+
+A new field may appear within a version; renaming or removing one raises ``SCHEMA_VERSION``.
+
+Example:
+    >>> to_json({"schema_version": SCHEMA_VERSION, "value": float("nan")})
+    '{\\n  "schema_version": 1,\\n  "value": null\\n}'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from lscindex.run import Run
+    from lscindex.store import EmbeddingStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "document",
+    "finite",
+    "run_identity",
+    "score_meaning",
+    "store_identity",
+    "to_json",
+]
+
+SCHEMA_VERSION = 1
+
+
+def finite(value: Any) -> Any:
+    """``value`` made strict-JSON-safe: non-finite floats -> None, numpy scalars/arrays -> Python,
+    dataclasses -> dicts, paths -> strings, recursively through lists and mappings."""
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return finite(value.tolist())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return finite(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(data: Any) -> str:
+    """Strict JSON text of ``data`` (see :func:`finite`); raises ValueError on anything left that
+    is not JSON, rather than writing it."""
+    return json.dumps(finite(data), indent=2, allow_nan=False, ensure_ascii=False)
+
+
+def document(kind: str, **fields: Any) -> dict[str, Any]:
+    """A document of ``kind`` (``query``, ``eval``, ``systems``): version and kind first."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, **fields}
+
+
+def score_meaning(run: Run) -> str:
+    """What a class ``score`` of ``run`` is: ``cosine`` (lsc) or ``probability`` (ce)."""
+    return "cosine" if run.system is not None else "probability"
+
+
+def run_identity(run: Run, *, chosen: str | None = None) -> dict[str, Any]:
+    """The run that answered: path, fingerprint (sha256 of its config, weights and assignment,
+    16 hex digits), head, system and dim, class count, and how it was chosen."""
+    system = run.system
+    return {
+        "path": str(run.path),
+        "fingerprint": run.fingerprint,
+        "head": "lsc" if system is not None else "ce",
+        "system": None if system is None else system.kind,
+        "dim": int(run.model.embed_dim),
+        "n_classes": len(run.class_names),
+        "chosen": chosen,
+    }
+
+
+def store_identity(store: EmbeddingStore, *, chosen: str | None = None) -> dict[str, Any]:
+    """The store searched: path, store id (new each time it is written), rows, dim and dtype."""
+    header = store.header
+    return {
+        "path": str(Path(store.path)),
+        "store_id": header.store_id,
+        "rows": header.count,
+        "dim": header.dim,
+        "dtype": header.dtype,
+        "chosen": chosen,
+    }
