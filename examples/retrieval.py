@@ -48,10 +48,10 @@ def main() -> None:
     best = retriever.classify([image], k=3)[0]
     print(
         f"{image.parent.name}/{image.name}: "
-        + ", ".join(f"{m.name} ({m.cosine:.2f})" for m in best)
+        + ", ".join(f"{m.name} ({m.score:.2f})" for m in best)
     )
     for neighbor in retriever.search([image], k=3)[0]:
-        print(f"  near: {neighbor.id} label={neighbor.label_name} cosine={neighbor.cosine:.3f}")
+        print(f"  near: {neighbor.id} label={neighbor.label_name} cosine={neighbor.score:.3f}")
 
 
 if __name__ == "__main__":  # the glyph builder renders in worker processes

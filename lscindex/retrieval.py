@@ -1,31 +1,39 @@
 """The Python retrieval API: classify and search images with a trained run and its store.
 
+Which run, store and index answer is decided one way for the CLI, the service and this API
+(:func:`Retriever.open`): what is named wins; otherwise a single candidate is used and several are
+refused with the list; the choice is recorded in :attr:`Retriever.chosen`.
+
 Example:
-    >>> r = Retriever.open("runs/glyphs", store="emb.zarr")           # doctest: +SKIP
+    >>> r = Retriever.open("runs/glyphs")           # its only store, and the index beside it
+    ...                                                               # doctest: +SKIP
     >>> r.classify(["a.png"], k=5)[0][0].name                          # doctest: +SKIP
     >>> r.search(["a.png"], k=5)[0][0].path                            # doctest: +SKIP
+    >>> r.query(["a.png", "photos/"], k=3)                             # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lscindex.data import read_image
+from lscindex.data import list_images, read_image
 from lscindex.embedding import encode_batch
-from lscindex.errors import InputError, StoreError
-from lscindex.index import default_index_path, load_index
+from lscindex.errors import DataError, InputError, RunError, StoreError
+from lscindex.index import default_index_path, load_index, read_sidecar
 from lscindex.model import top_classes
-from lscindex.run import Run, open_run
-from lscindex.store import EmbeddingStore, open_store
+from lscindex.run import CONFIG, WEIGHTS, Run, open_run, recorded_stores
+from lscindex.store import EmbeddingStore, open_store, read_header, store_exists
 
-__all__ = ["ClassMatch", "Neighbor", "Retriever"]
+__all__ = ["ClassMatch", "Neighbor", "QueryResult", "Retriever", "find_runs", "find_stores"]
+
+DEFAULT_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -33,93 +41,251 @@ class ClassMatch:
     """One of the top-k classes of a query.
 
     Attributes:
-        id: class id. name: class name. cosine: cosine to the class target (lsc) or softmax
-        probability (ce). margin: cosine minus the next class's. novel: the query's nearest
-        vector of the whole system belongs to no class (same for every match of a query).
+        id: class id. name: class name.
+        score: the cosine to the class's target (lsc run) or the softmax probability (ce run);
+            :attr:`Retriever.score_meaning` says which.
+        margin: score minus the next class's score; None for the last class of a run.
+        novel: the query's nearest vector of the whole system belongs to no class (the same for
+            every match of a query; always False for a ce run).
     """
 
     id: int
     name: str
-    cosine: float
-    margin: float
+    score: float
+    margin: float | None
     novel: bool
 
 
 @dataclass(frozen=True)
 class Neighbor:
-    """A stored item near a query: its store row, id, path, label and cosine."""
+    """A stored item near a query: its store row, id, path, label and cosine ``score``."""
 
     row: int
     id: str
     path: str
     label: int
     label_name: str | None
-    cosine: float
+    score: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What :meth:`Retriever.query` found for one image; ``error`` is set (and the lists empty)
+    when the image could not be read."""
+
+    image: str
+    classes: list[ClassMatch] = field(default_factory=list)
+    neighbors: list[Neighbor] = field(default_factory=list)
+    error: str | None = None
+
+
+def find_runs(root: str | os.PathLike[str] = "runs") -> list[Path]:
+    """The run directories directly under ``root`` (config and weights present), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file())
+
+
+def find_stores(run: Run) -> list[Path]:
+    """The stores embedded with ``run`` that still exist and still hold its embeddings, oldest
+    first (a store re-embedded by another run since is left out)."""
+    found = []
+    for path in recorded_stores(run.path):
+        if not store_exists(path):
+            continue
+        try:
+            header = read_header(path)
+        except StoreError:  # damaged since: opening it by name says why
+            continue
+        if header.run_fingerprint == run.fingerprint:
+            found.append(path)
+    return found
+
+
+def _shown(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the working directory when it is under it, else as it is."""
+    relative = os.path.relpath(path) if os.path.isabs(path) else os.fspath(path)
+    return os.fspath(path) if relative.startswith("..") else relative
+
+
+def _listed(paths: Sequence[Path], limit: int = 8) -> str:
+    names = [_shown(p) for p in paths[:limit]]
+    return ", ".join(names) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _choose_run(
+    run: str | os.PathLike[str] | None, runs_root: str | os.PathLike[str]
+) -> tuple[Path, str]:
+    """(run directory, how it was chosen): the named one, else the only run under ``runs_root``."""
+    if run is not None:
+        return Path(run), "given"
+    runs = find_runs(runs_root)
+    if not runs:
+        raise RunError(
+            f"no run found under {_shown(runs_root)}/; name one (--run RUN, "
+            f"Retriever.open(RUN)) or train one with lscindex train"
+        )
+    if len(runs) > 1:
+        raise RunError(
+            f"{len(runs)} runs under {_shown(runs_root)}/ ({_listed(runs)}); name the one to "
+            f"use (--run RUN, Retriever.open(RUN))"
+        )
+    return runs[0], f"the only run under {_shown(runs_root)}/"
+
+
+def _choose_store(
+    run: Run, store: str | os.PathLike[str] | bool | None, index: str | os.PathLike[str] | None
+) -> tuple[Path | None, str]:
+    """(store or None, how it was chosen): see :meth:`Retriever.open`."""
+    if store is False:
+        return None, "none asked for"
+    if store is not None and store is not True:
+        return Path(store), "given"
+    if index is not None:  # the store the index was built from
+        named = Path(read_sidecar(index).store)
+        return named, "named by the index's sidecar"
+    stores = find_stores(run)
+    if not stores:
+        if store is True:
+            raise StoreError(
+                f"run {_shown(run.path)} has no store; embed one with lscindex embed DATA --run "
+                f"{_shown(run.path)} --out emb.zarr"
+            )
+        return None, "none embedded with this run"
+    if len(stores) > 1:
+        raise StoreError(
+            f"run {_shown(run.path)} has {len(stores)} stores ({_listed(stores)}); name the one "
+            f"to search (--store STORE, store=) or search none (--no-store, store=False)"
+        )
+    return Path(_shown(stores[0])), "the only store embedded with this run"
 
 
 class Retriever:
-    """A run (encoder + vector system) with, optionally, a store and a FAISS index over it."""
+    """A run (encoder + vector system) with, optionally, a store and a FAISS index over it.
 
-    def __init__(self, run: Run, store: EmbeddingStore | None = None, index: Any = None) -> None:
+    Attributes:
+        run: the opened :class:`~lscindex.run.Run`. store: :class:`EmbeddingStore` or None.
+        index: the FAISS index over the store (None without a store).
+        chosen: how each of ``run``, ``store``, ``index`` was chosen (``"given"``, ``"the only
+            run under runs/"``, ``"beside the store"``, ...; None for what is absent).
+        index_path, index_factory: the index file and its factory (None and ``"Flat"`` for the
+            exact index built in memory).
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        store: EmbeddingStore | None = None,
+        index: Any = None,
+        *,
+        chosen: dict[str, str | None] | None = None,
+        index_path: Path | None = None,
+        index_factory: str | None = None,
+    ) -> None:
         self.run = run
         self.store = store
         self.index = index
+        if store is not None and index is None:
+            self.index, index_factory = _flat_in_memory(store), "Flat"
+        self.index_path = index_path
+        self.index_factory = index_factory
+        self.chosen = {"run": "given", "store": None, "index": None, **(chosen or {})}
 
     @classmethod
     def open(
         cls,
-        run: str | os.PathLike[str],
-        store: str | os.PathLike[str] | None = None,
+        run: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | bool | None = None,
         index: str | os.PathLike[str] | None = None,
         *,
         device: str = "auto",
+        runs_root: str | os.PathLike[str] = "runs",
     ) -> Retriever:
-        """Open a run, and a store (checked to come from this run) with its index.
+        """Open a run, a store of that run, and the store's index, as ``lscindex query`` does.
 
-        With a store but no index, the index beside the store is used when it exists, else a
-        flat index is built in memory.
+        Args:
+            run: a run directory; None: the only run under ``runs_root`` (several: refused).
+            store: a store path; None: the only store embedded with the run, if any (several:
+                refused, naming them); False: no store; True: the only store, which must exist.
+                With ``index`` and no store, the store the index was built from.
+            index: an index file; None: the one beside the store if it exists, else an exact
+                (flat) index built in memory.
 
         Raises:
-            RunError, StoreError: missing/damaged artefacts, a store of another run, an index of
-            another store, a corrupted index file.
+            RunError, StoreError: nothing to choose from, several candidates, missing or damaged
+            artefacts, a store of another run, an index of another store, a corrupted index.
         """
-        opened = open_run(run, device=device)
-        if store is None:
-            if index is not None:
-                raise StoreError("an index needs its store: pass store= as well")
-            return cls(opened)
-        st = open_store(store)
+        run_path, run_how = _choose_run(run, runs_root)
+        opened = open_run(run_path, device=device)
+        store_path, store_how = _choose_store(opened, store, index)
+        chosen: dict[str, str | None] = {"run": run_how, "store": store_how, "index": None}
+        if store_path is None:
+            return cls(opened, chosen=chosen)
+        st = open_store(store_path)
         if st.header.run_fingerprint != opened.fingerprint:
             raise StoreError(
                 f"store {st.path} was embedded by run {st.header.run} (fingerprint "
                 f"{st.header.run_fingerprint}), not by {opened.path} ({opened.fingerprint}); "
-                f"embed again with --run {opened.path}"
+                f"open it with the run {st.header.run}, or embed with this one (lscindex embed "
+                f"DATA --run {opened.path} --out NEW.zarr)"
             )
         path = Path(index) if index is not None else default_index_path(st.path)
-        if index is not None or path.is_file():
-            faiss_index, _ = load_index(path, store=st)
-        else:
-            faiss_index = _flat_in_memory(st)
-        return cls(opened, st, faiss_index)
+        if index is None and not path.is_file():
+            chosen["index"] = "none beside the store: exact search in memory"
+            return cls(opened, st, chosen=chosen)
+        faiss_index, info = load_index(path, store=st)
+        chosen["index"] = "given" if index is not None else "beside the store"
+        return cls(
+            opened, st, faiss_index, chosen=chosen, index_path=path, index_factory=info.factory
+        )
+
+    def __repr__(self) -> str:
+        system = self.run.system
+        head = f"{system.kind}, dim {system.dim}" if system is not None else "ce head"
+        parts = [f"run={_shown(self.run.path)!r} ({head}, {len(self.run.class_names):,} classes)"]
+        if self.store is not None:
+            parts.append(f"store={_shown(self.store.path)!r} ({self.store.header.count:,} rows)")
+            where = _shown(self.index_path) if self.index_path is not None else "in memory"
+            parts.append(f"index={self.index_factory} ({where})")
+        return f"Retriever({', '.join(parts)})"
+
+    @property
+    def score_meaning(self) -> str:
+        """What :attr:`ClassMatch.score` is for this run: ``cosine`` or ``probability``."""
+        return "cosine" if self.run.system is not None else "probability"
 
     # -- embeddings -------------------------------------------------------------------
-    def embed(self, images: Sequence[Any]) -> np.ndarray:
-        """Embed images: paths or PIL images -> (B, dim) float32, L2-normalised.
+    def embed(self, images: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Embed images: a path, a folder (its images, recursively, sorted), a PIL image, or a
+        sequence of these -> (N, dim) float32, L2-normalised, in input order.
 
         Raises:
-            DataError: an unreadable image (the message names it).
+            DataError: an unreadable image or a missing path (the message names it).
         """
-        if isinstance(images, str | os.PathLike):
-            images = [images]
-        if len(images) == 0:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        embeddings, _ = self._encode(images)
-        return embeddings.cpu().numpy()
+        _check_batch_size(batch_size)
+        return self._encode_all(images, batch_size)[0].numpy()
 
     def _encode(self, images: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings, outputs) of images (paths or PIL images): see :func:`encode_batch`."""
-        batch = torch.stack([self.run.transform(_as_rgb(image)) for image in images])
+        """(embeddings, outputs) of RGB PIL images: see :func:`encode_batch`."""
+        batch = torch.stack([self.run.transform(image) for image in images])
         return encode_batch(self.run, batch)
+
+    def _encode_all(self, images: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings (N, dim), outputs (N, out_dim)) on the CPU, read and run batch by batch.
+
+        Raises:
+            DataError: a missing path or an unreadable image.
+        """
+        items = [item for _, item in _expand(images, strict=True)]
+        pieces = [
+            [t.cpu() for t in self._encode([_as_rgb(item) for item in batch])]
+            for batch in _batches(items, batch_size)
+        ]
+        if not pieces:
+            out_dim = self._dim if self.run.system is not None else len(self.run.class_names)
+            return torch.zeros((0, self._dim)), torch.zeros((0, out_dim))
+        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
     @property
     def _dim(self) -> int:
@@ -142,33 +308,40 @@ class Retriever:
 
     # -- classes ----------------------------------------------------------------------
     def classify(self, queries: Any, k: int = 5) -> list[list[ClassMatch]]:
-        """Top-k classes per query, best first.
+        """Top-k classes per query, best first (all of them when the run has fewer than k).
 
         Args:
-            queries: image paths / PIL images, or (B, dim) embeddings (lsc runs only).
-            k: classes per query, ``1 <= k <= n_classes``.
+            queries: images (as :meth:`embed` takes them), or (B, dim) embeddings (lsc runs).
+            k: classes per query, at least 1.
         """
-        n_classes = len(self.run.class_names)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_classes:
-            raise InputError(f"k must be in [1, {n_classes}] (the run's classes), got {k!r}")
-        extra = min(k + 1, n_classes)  # one more than asked, for the margin of the k-th
-        ids, scores, novel = top_classes(self._outputs(queries), self.run.system, extra)
+        return self._matches(self._outputs(queries), self._classes_k(k))
+
+    def _classes_k(self, k: int) -> int:
+        """``k`` checked, capped at the run's class count."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        return min(k, len(self.run.class_names))
+
+    def _matches(self, outputs: torch.Tensor, k: int) -> list[list[ClassMatch]]:
+        """The top-k :class:`ClassMatch` lists of :func:`encode` outputs (B, out_dim)."""
+        extra = min(k + 1, len(self.run.class_names))  # one more, for the margin of the k-th
+        ids, scores, novel = top_classes(outputs, self.run.system, extra)
+        names = self.run.class_names
         results = []
         for row in range(len(ids)):
-            matches = []
-            for j in range(k):
-                nxt = float(scores[row, j + 1]) if j + 1 < scores.shape[1] else float("nan")
-                cid = int(ids[row, j])
-                matches.append(
+            s = [float(x) for x in scores[row]]
+            results.append(
+                [
                     ClassMatch(
-                        cid,
-                        self.run.class_names[cid],
-                        float(scores[row, j]),
-                        float(scores[row, j]) - nxt,
+                        int(ids[row, j]),
+                        names[int(ids[row, j])],
+                        s[j],
+                        s[j] - s[j + 1] if j + 1 < len(s) else None,
                         bool(novel[row]),
                     )
-                )
-            results.append(matches)
+                    for j in range(k)
+                ]
+            )
         return results
 
     def _outputs(self, queries: Any) -> torch.Tensor:
@@ -180,48 +353,115 @@ class Retriever:
             raise InputError(
                 f"run {self.run.path} has a softmax head: classify it with images, not embeddings"
             )
-        _, logits = self._encode([queries] if isinstance(queries, str | os.PathLike) else queries)
-        return logits
+        return self._encode_all(queries, DEFAULT_BATCH_SIZE)[1]
 
     # -- stored items -----------------------------------------------------------------
     def search(self, queries: Any, k: int = 5) -> list[list[Neighbor]]:
-        """The k nearest stored items per query (images or embeddings), by cosine.
+        """The k nearest stored items per query (images or (B, dim) embeddings), by cosine,
+        best first; fewer than k when the index holds fewer items.
 
         Stored items are looked up by the metadata's ``row`` column (index ids are store rows).
 
         Raises:
             StoreError: no store was opened, or the index returned a row the store lacks.
-            InputError: k above the number of indexed items.
+            InputError: k below 1.
         """
         if self.store is None or self.index is None:
             raise StoreError("search needs a store: Retriever.open(run, store=...)")
-        total = int(self.index.ntotal)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
-            raise InputError(
-                f"k={k!r} is out of range: the store {self.store.path} has {total:,} indexed "
-                f"items; use 1 <= k <= {total}"
-            )
+        self._classes_k(k)  # the same check
         emb = self._as_embeddings(queries)
+        k = min(k, int(self.index.ntotal))
+        if k == 0 or len(emb) == 0:
+            return [[] for _ in range(len(emb))]
         scores, rows = self.index.search(np.ascontiguousarray(emb), k)
-        # Index ids are store rows: look them up by the metadata's `row` column, not position.
         wanted = np.unique(rows[rows >= 0])
         columns = ["id", "path", "label", "label_name"]
         found_meta = self.store.rows_metadata(wanted).select(columns).to_pylist()
         by_row = dict(zip(wanted.tolist(), found_meta, strict=True))
-        results = []
-        for q in range(len(emb)):
-            found = []
-            for score, row in zip(scores[q], rows[q], strict=True):
-                if row < 0:
-                    continue
-                m = by_row[int(row)]
-                found.append(
-                    Neighbor(
-                        int(row), m["id"], m["path"], m["label"], m["label_name"], float(score)
-                    )
-                )
-            results.append(found)
+        return [
+            [
+                Neighbor(int(row), **by_row[int(row)], score=float(score))
+                for score, row in zip(scores[q], rows[q], strict=True)
+                if row >= 0
+            ]
+            for q in range(len(emb))
+        ]
+
+    # -- both, image by image ---------------------------------------------------------
+    def query(
+        self, images: Any, k: int = 5, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[QueryResult]:
+        """Classes and, with a store, nearest stored items of each image, embedding each once.
+
+        Args:
+            images: as :meth:`embed` takes them (folders are expanded to their images).
+            k: classes and neighbours per image (fewer when the run has fewer classes or the
+                store fewer items).
+
+        Returns:
+            One :class:`QueryResult` per image, in input order; an image that cannot be read
+            (missing, not an image, too small) gets ``error`` set instead of failing the batch.
+        """
+        n_classes = self._classes_k(k)
+        _check_batch_size(batch_size)
+        entries = _expand(images, strict=False)
+        results: list[QueryResult] = []
+        for batch in _batches(entries, batch_size):
+            readable: list[tuple[str, Any]] = []
+            errors: dict[int, str] = {}
+            for i, (name, item) in enumerate(batch):
+                try:
+                    readable.append((name, _as_rgb(item)))
+                except (DataError, OSError) as exc:
+                    errors[i] = str(exc)
+            found = iter(self._query_batch(readable, n_classes, k))
+            for i, (name, _) in enumerate(batch):
+                results.append(QueryResult(name, error=errors[i]) if i in errors else next(found))
         return results
+
+    def _query_batch(
+        self, images: list[tuple[str, Any]], n_classes: int, k: int
+    ) -> list[QueryResult]:
+        if not images:
+            return []
+        embeddings, outputs = self._encode([image for _, image in images])
+        classes = self._matches(outputs, n_classes)
+        emb = embeddings.cpu().numpy()
+        neighbors = self.search(emb, k) if self.store is not None else [[] for _ in images]
+        return [
+            QueryResult(name, cls, nb)
+            for (name, _), cls, nb in zip(images, classes, neighbors, strict=True)
+        ]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _expand(images: Any, *, strict: bool) -> list[tuple[str, Any]]:
+    """(name, path or PIL image) per image: folders become their images (recursive, sorted).
+
+    ``strict``: a missing path raises DataError; otherwise it stays, to become an error entry.
+    """
+    if isinstance(images, str | os.PathLike) or hasattr(images, "convert"):
+        images = [images]
+    out: list[tuple[str, Any]] = []
+    for i, item in enumerate(images):
+        if not isinstance(item, str | os.PathLike):
+            out.append((f"<image {i}>", item))
+        elif os.path.isdir(item):
+            out.extend((str(p), p) for p in list_images(Path(item)))
+        elif strict and not os.path.lexists(item):
+            raise DataError(f"{os.fspath(item)} does not exist; pass image files or folders")
+        else:
+            out.append((os.fspath(item), item))
+    return out
 
 
 def _as_rgb(image: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The versioned JSON documents lscindex prints: ``query --json``, ``eval --json``, ``systems --json``.
+"""The versioned JSON documents lscindex prints (``query --json``, ``eval --json``, ...).
 
 Every document is one JSON object with ``schema_version`` and ``kind`` first; docs/json-schema.md
 describes each field, with an example. The rules every document keeps:
@@ -21,13 +21,14 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from lscindex.retrieval import QueryResult, Retriever
     from lscindex.run import Run
     from lscindex.store import EmbeddingStore
 
@@ -35,6 +36,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "document",
     "finite",
+    "query_document",
     "run_identity",
     "score_meaning",
     "store_identity",
@@ -83,9 +85,9 @@ def score_meaning(run: Run) -> str:
     return "cosine" if run.system is not None else "probability"
 
 
-def run_identity(run: Run, *, chosen: str | None = None) -> dict[str, Any]:
+def run_identity(run: Run) -> dict[str, Any]:
     """The run that answered: path, fingerprint (sha256 of its config, weights and assignment,
-    16 hex digits), head, system and dim, class count, and how it was chosen."""
+    16 hex digits), head, system and dim, and class count."""
     system = run.system
     return {
         "path": str(run.path),
@@ -94,11 +96,10 @@ def run_identity(run: Run, *, chosen: str | None = None) -> dict[str, Any]:
         "system": None if system is None else system.kind,
         "dim": int(run.model.embed_dim),
         "n_classes": len(run.class_names),
-        "chosen": chosen,
     }
 
 
-def store_identity(store: EmbeddingStore, *, chosen: str | None = None) -> dict[str, Any]:
+def store_identity(store: EmbeddingStore) -> dict[str, Any]:
     """The store searched: path, store id (new each time it is written), rows, dim and dtype."""
     header = store.header
     return {
@@ -107,5 +108,49 @@ def store_identity(store: EmbeddingStore, *, chosen: str | None = None) -> dict[
         "rows": header.count,
         "dim": header.dim,
         "dtype": header.dtype,
-        "chosen": chosen,
+    }
+
+
+def query_document(
+    retriever: Retriever, results: Sequence[QueryResult], *, k: int
+) -> dict[str, Any]:
+    """The ``query`` document of :meth:`Retriever.query`'s results (``query --json``, ``serve``).
+
+    ``chosen`` says how the run, store and index were chosen (e.g. ``"given"``, ``"the only
+    store embedded with this run"``; for an absent store, why). Per image: ``image``, ``error``
+    (null, or why it could not be read), ``novel`` (null for an unread image), ``classes``
+    (``id``, ``name``, ``score``, ``margin``: null for the last class of a run) and
+    ``neighbors`` (``row``, ``id``, ``path``, ``label``, ``label_name``, ``score``: the cosine
+    to the stored item).
+    """
+    store, index = None, None
+    if retriever.store is not None:
+        store = store_identity(retriever.store)
+        index = {
+            "path": None if retriever.index_path is None else str(retriever.index_path),
+            "factory": retriever.index_factory,
+            "count": int(retriever.index.ntotal),
+        }
+    return document(
+        "query",
+        run=run_identity(retriever.run),
+        store=store,
+        index=index,
+        chosen=dict(retriever.chosen),
+        score_meaning=retriever.score_meaning,
+        k=k,
+        results=[_result_record(r) for r in results],
+    )
+
+
+def _result_record(result: QueryResult) -> dict[str, Any]:
+    classes = [
+        {"id": c.id, "name": c.name, "score": c.score, "margin": c.margin} for c in result.classes
+    ]
+    return {
+        "image": result.image,
+        "error": result.error,
+        "novel": result.classes[0].novel if result.classes else None,
+        "classes": classes,
+        "neighbors": [dataclasses.asdict(n) for n in result.neighbors],
     }

@@ -38,6 +38,7 @@ from lscindex.errors import StoreError
 __all__ = [
     "METADATA_SCHEMA",
     "STORE_FORMAT_VERSION",
+    "EmbeddingArray",
     "EmbeddingStore",
     "StoreWriter",
     "balanced_chunk_rows",
@@ -401,6 +402,57 @@ def store_exists(path: str | os.PathLike[str]) -> bool:
     return path.exists()
 
 
+class EmbeddingArray:
+    """A store's (N, dim) embeddings, read on demand: the same type for zarr and parquet stores.
+
+    Indexing returns numpy in the store's dtype (float16 or float32): a slice
+    (``emb[:1000]``), a row number, or a sequence/array of row numbers in any order
+    (``emb[[7, 3]]``, read with zarr's orthogonal indexing for a zarr store).
+    ``np.asarray(emb)`` reads everything. A zarr store reads only the chunks asked for; a
+    parquet store is held in memory (a parquet file is read whole).
+
+    Example:
+        >>> emb = open_store("emb.zarr").embeddings   # doctest: +SKIP
+        >>> emb.shape, emb.dtype, emb[[5, 2]].shape    # doctest: +SKIP
+        ((23687, 18), dtype('float16'), (2, 18))
+    """
+
+    def __init__(self, source: Any) -> None:
+        self._source = source  # a zarr array or an (N, dim) numpy array
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, dim = self._source.shape
+        return int(rows), int(dim)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(str(self._source.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, list | np.ndarray):  # row numbers (or a boolean mask over rows)
+            rows = np.asarray(key)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+            if hasattr(self._source, "oindex"):
+                return np.asarray(self._source.oindex[rows, :])
+            return np.asarray(self._source[rows])
+        return np.asarray(self._source[key])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self[:], dtype=dtype)
+
+    def __repr__(self) -> str:
+        kind = "zarr" if hasattr(self._source, "oindex") else "in memory"
+        return f"EmbeddingArray(shape={self.shape}, dtype={self.dtype}, {kind})"
+
+
 @dataclass
 class EmbeddingStore:
     """A finished store opened for reading.
@@ -408,19 +460,26 @@ class EmbeddingStore:
     Attributes:
         path: where it lives.
         header: its attributes (count, dim, dtype, system, run fingerprint, ...).
-        embeddings: (N, dim) array-like (zarr array, or numpy for a parquet store); index it to
-            read rows, e.g. ``store.embeddings[:1000]``.
+        embeddings: (N, dim) :class:`EmbeddingArray` (for zarr and parquet stores alike);
+            index it to read rows as numpy, e.g. ``store.embeddings[:1000]``.
         metadata: pyarrow Table with one row per embedding (see ``METADATA_SCHEMA``), sorted by
             ``row``. Look rows up with :meth:`rows_metadata`, never by position.
     """
 
     path: Path
     header: StoreHeader
-    embeddings: Any
-    metadata: pa.Table
+    embeddings: EmbeddingArray
+    metadata: pa.Table = field(repr=False)
     _by_row: tuple[Any, np.ndarray, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+
+    def __repr__(self) -> str:
+        kind = "parquet" if _is_parquet(self.path) else "zarr"
+        return (
+            f"EmbeddingStore({str(self.path)!r}, {kind}, rows={self.header.count:,}, "
+            f"dim={self.header.dim}, dtype={self.header.dtype}, run={self.header.run!r})"
+        )
 
     def __len__(self) -> int:
         return self.header.count
@@ -511,7 +570,9 @@ def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
                 f"store {path}: {problems[0][1]}{more}; {_reembed_hint(path, header.run)}"
             )
     metadata = metadata.sort_by("row")
-    return EmbeddingStore(path=path, header=header, embeddings=embeddings, metadata=metadata)
+    return EmbeddingStore(
+        path=path, header=header, embeddings=EmbeddingArray(embeddings), metadata=metadata
+    )
 
 
 def new_store_id() -> str:

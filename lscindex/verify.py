@@ -369,11 +369,7 @@ def _vectors(index: Any, store: Any) -> tuple[bool, str]:
         return True, f"not compared: {type(base).__name__} stores approximate vectors"
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
     sample = np.sort(np.random.default_rng(0).permutation(ids)[:VECTOR_SAMPLE])
-    embeddings = store.embeddings
-    stored = np.asarray(
-        embeddings.oindex[sample] if hasattr(embeddings, "oindex") else embeddings[sample],
-        dtype=np.float32,
-    )
+    stored = np.asarray(store.embeddings[sample], dtype=np.float32)
     held = np.stack([index.reconstruct(int(i)) for i in sample]) if len(sample) else stored
     wrong = sample[np.abs(held - stored).max(axis=1, initial=0.0) > 1e-6]
     if len(wrong):

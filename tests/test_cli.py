@@ -29,7 +29,8 @@ def test_systems_json(capsys: pytest.CaptureFixture[str]) -> None:
         ["systems", "-n", "1000", "--kind", "v21", "--kind", "an", "--json"], capsys
     )
     assert code == 0
-    data = json.loads(out)
+    data = strict_json(out)
+    assert (data["schema_version"], data["kind"]) == (1, "systems")
     assert [(r["kind"], r["dim"]) for r in data["systems"]] == [("v21", 14), ("v11", 33)]
     assert data["systems"][0]["target_matrix_bytes"] == 1000 * 14 * 4
     assert data["softmax_head"]["params"] == 1000 * 385
@@ -284,7 +285,7 @@ def library_functions() -> dict[tuple[str, ...], Any]:
     return {
         ("embed",): build_store,
         ("index",): build_index,
-        ("query",): Retriever.classify,
+        ("query",): Retriever.query,
         ("systems",): lscindex.softmax_head_size,
         ("data", "glyphs"): build_glyph_dataset,
     }
@@ -325,6 +326,15 @@ def query_runs(image_folder, tmp_path_factory):  # type: ignore[no-untyped-def]
     return made
 
 
+def strict_json(text: str) -> Any:
+    """``json.loads`` that refuses NaN and Infinity, as strict parsers do."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 @pytest.mark.parametrize("head", ["lsc", "ce"])
 def test_query_embeds_each_image_once(
     head: str,
@@ -333,32 +343,149 @@ def test_query_embeds_each_image_once(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import lscindex.retrieval
     from lscindex.retrieval import Retriever
 
     run, store = query_runs[head]
     images = sorted(str(p) for p in (image_folder / "val").rglob("*.png"))[:4]
-    embedded: list[str] = []
-    embed = Retriever.embed
+    encoded: list[int] = []
+    encode_batch = lscindex.retrieval.encode_batch
 
-    def counting_embed(self: Retriever, queries: Any) -> Any:
-        embedded.extend(queries)
-        return embed(self, queries)
+    def counting(run: Any, batch: Any) -> Any:
+        encoded.append(len(batch))
+        return encode_batch(run, batch)
 
-    monkeypatch.setattr(Retriever, "embed", counting_embed)
+    monkeypatch.setattr(lscindex.retrieval, "encode_batch", counting)
     args = ["query", *images, "--run", str(run), "--store", str(store), "-k", "3", "--json"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    assert embedded == images
+    assert sum(encoded) == len(images)  # classes and neighbours from one forward pass
     monkeypatch.undo()
     # The same answers as the library's own image path.
+    doc = strict_json(out)
+    assert doc["score_meaning"] == ("cosine" if head == "lsc" else "probability")
     retriever = Retriever.open(run, store=store)
     classes, neighbors = retriever.classify(images, k=3), retriever.search(images, k=3)
-    for row, cls, near in zip(json.loads(out), classes, neighbors, strict=True):
+    for row, cls, near in zip(doc["results"], classes, neighbors, strict=True):
         assert [c["id"] for c in row["classes"]] == [c.id for c in cls]
-        assert [c["cosine"] for c in row["classes"]] == pytest.approx(
-            [c.cosine for c in cls], abs=1e-5
+        assert [c["score"] for c in row["classes"]] == pytest.approx(
+            [c.score for c in cls], abs=1e-5
         )
         assert [n["path"] for n in row["neighbors"]] == [n.path for n in near]
-        assert [n["cosine"] for n in row["neighbors"]] == pytest.approx(
-            [n.cosine for n in near], abs=1e-5
+        assert [n["score"] for n in row["neighbors"]] == pytest.approx(
+            [n.score for n in near], abs=1e-5
         )
+
+
+def test_query_json_is_versioned_strict_and_names_what_answered(
+    query_runs,  # type: ignore[no-untyped-def]
+    image_folder,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run, store = query_runs["lsc"]
+    image = str(sorted((image_folder / "val").rglob("*.png"))[0])
+    code, out, err = run_cli(["query", image, "--run", str(run), "-k", "6", "--json"], capsys)
+    assert code == 0, err
+    doc = strict_json(out)  # k = the run's 6 classes: the last margin is null, not NaN
+    assert list(doc)[:2] == ["schema_version", "kind"]
+    assert (doc["schema_version"], doc["kind"], doc["k"]) == (1, "query", 6)
+    assert doc["run"]["path"] == str(run) and re.fullmatch(
+        r"[0-9a-f]{16}", doc["run"]["fingerprint"]
+    )
+    assert (doc["run"]["head"], doc["run"]["system"], doc["run"]["n_classes"]) == ("lsc", "v21", 6)
+    assert doc["store"]["path"] == str(store) and doc["store"]["rows"] == 12
+    assert doc["index"] == {"path": None, "factory": "Flat", "count": 12}
+    assert doc["chosen"] == {
+        "run": "given",
+        "store": "the only store embedded with this run",
+        "index": "none beside the store: exact search in memory",
+    }
+    (result,) = doc["results"]
+    assert result["image"] == image and result["error"] is None and result["novel"] is False
+    assert [c["margin"] is None for c in result["classes"]] == [False] * 5 + [True]
+    assert len(result["neighbors"]) == 6
+
+
+def test_the_documented_query_document_has_the_fields_query_prints(
+    query_runs,  # type: ignore[no-untyped-def]
+    image_folder,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pathlib import Path
+
+    doc_text = (Path(__file__).parents[1] / "docs" / "json-schema.md").read_text()
+    documented = strict_json(re.findall(r"```json\n(.*?)```", doc_text, flags=re.S)[0])
+    run, store = query_runs["lsc"]
+    image = str(sorted((image_folder / "val").rglob("*.png"))[0])
+    args = ["query", image, "--run", str(run), "--store", str(store), "--json", "-k", "3"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+
+    def same_shape(a: Any, b: Any, where: str = "") -> None:
+        """The same keys in the same order all the way down (first item of each list), and the
+        same scalar types where neither is null."""
+        if isinstance(a, dict) or isinstance(b, dict):
+            assert isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b), where
+            for key in a:
+                same_shape(a[key], b[key], f"{where}.{key}")
+        elif isinstance(a, list) and a and isinstance(b, list) and b:
+            same_shape(a[0], b[0], f"{where}[0]")
+        elif a is not None and b is not None:
+            assert type(a) is type(b), where
+
+    printed = strict_json(out)
+    same_shape(printed, documented)
+
+
+def test_query_takes_folders_and_reports_an_unreadable_image(
+    query_runs,  # type: ignore[no-untyped-def]
+    image_folder,  # type: ignore[no-untyped-def]
+    tmp_path,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run, _ = query_runs["lsc"]
+    folder = image_folder / "val" / "class_003"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    args = ["query", str(folder), str(broken), "--run", str(run), "-k", "2"]
+    code, out, err = run_cli([*args, "--json"], capsys)
+    assert code == 1
+    results = strict_json(out)["results"]
+    assert [r["image"] for r in results] == [*map(str, sorted(folder.glob("*.png"))), str(broken)]
+    assert [r["error"] is None for r in results] == [True, True, False]
+    assert results[-1]["classes"] == [] and str(broken) in results[-1]["error"]
+    assert err.strip().splitlines() == [
+        f"error: 1 of 3 images could not be read (first: {results[-1]['error']})"
+    ]
+    code, out, err = run_cli(args, capsys)  # the tables of the other two, then the error
+    assert code == 1 and out.count("class_003") >= 2 and str(broken) in out
+    assert err.strip().splitlines()[-1].startswith("error: 1 of 3 images could not be read")
+
+
+def test_query_refuses_several_runs_and_says_what_it_chose(
+    query_runs,  # type: ignore[no-untyped-def]
+    image_folder,  # type: ignore[no-untyped-def]
+    tmp_path,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    for head in ("lsc", "ce"):
+        shutil.copytree(query_runs[head][0], tmp_path / "runs" / head)
+    monkeypatch.chdir(tmp_path)
+    image = str(sorted((image_folder / "val").rglob("*.png"))[0])
+    code, _, err = run_cli(["query", image], capsys)
+    assert code == 1 and err.strip().splitlines() == [
+        "error: 2 runs under runs/ (runs/ce, runs/lsc); name the one to use (--run RUN, "
+        "Retriever.open(RUN))"
+    ]
+    shutil.rmtree(tmp_path / "runs" / "ce")
+    code, out, err = run_cli(["query", image, "-k", "2"], capsys)
+    assert code == 0, err
+    assert "run runs/lsc (v21, dim" in err and "the only run under runs/" in err
+    assert f"store {query_runs['lsc'][1]} (12 rows; the only store embedded with this run)" in err
+    assert "index in memory (Flat; none beside the store: exact search in memory)" in err
+    code, out, err = run_cli(["query", image, "-k", "2", "--no-store"], capsys)
+    assert code == 0 and "no store searched (none asked for)" in err
+    assert "nearest stored items" not in out

@@ -2,90 +2,118 @@
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from lscindex.embedding import find_store
-from lscindex.errors import RunError
-from lscindex.retrieval import ClassMatch, Neighbor, Retriever
-from lscindex.run import find_run
-from lscindex_cli._common import console, default_of, print_json, shown
+from lscindex.errors import DataError
+from lscindex.retrieval import QueryResult, Retriever
+from lscindex.schema import query_document, to_json
+from lscindex_cli._common import console, default_of, err_console, print_error, shown
 
 
 def query(
-    images: Annotated[list[Path], typer.Argument(help="Query images.")],
+    images: Annotated[list[Path], typer.Argument(help="Query images or folders (recursive).")],
     run: Annotated[
-        Path | None, typer.Option(help="Run (default: the newest under ./runs).")
+        Path | None, typer.Option(help="Run (default: the only run under ./runs).")
     ] = None,
-    store: Annotated[Path | None, typer.Option(help="Store (default: the run's newest).")] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Store to search (default: the only store embedded with the run)."),
+    ] = None,
+    no_store: Annotated[
+        bool, typer.Option("--no-store", help="Classes only: search no store.")
+    ] = False,
     index_path: Annotated[
         Path | None, typer.Option("--index", help="Index (default: beside the store).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Classes and neighbours per image.")] = default_of(
-        Retriever.classify, "k"
+        Retriever.query, "k"
     ),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = default_of(
+        Retriever.query, "batch_size"
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the versioned JSON document.")
+    ] = False,
 ) -> None:
-    """Top-k classes of each image and, with a store, its k nearest stored items."""
-    if run is None:
-        run = find_run("runs")
-        if run is None:
-            raise RunError(
-                "no run found under ./runs; pass --run RUN (a directory made by lscindex train)"
-            )
-    if store is None and index_path is None:
-        store = find_store(run)
-    retriever = Retriever.open(run, store=store, index=index_path)
-    paths = [str(i) for i in images]
-    # Each image is embedded once, for both classes and neighbours. A ce run's classes come from
-    # its softmax logits, not its embeddings, so it classifies the images themselves.
-    lsc, searched = retriever.run.system is not None, bool(retriever.store)
-    embeddings = retriever.embed(paths) if lsc or searched else None
-    classes = retriever.classify(embeddings if lsc else paths, k=k)
-    neighbors = retriever.search(embeddings, k=k) if searched else [[] for _ in images]
+    """Top-k classes of each image and, with a store, its k nearest stored items.
+
+    Says which run, store and index answered. An unreadable image is reported and the others
+    answered; the exit status is then 1.
+    """
+    retriever = Retriever.open(
+        run, store=False if no_store else store, index=index_path, device=device
+    )
+    results = retriever.query([str(i) for i in images], k=k, batch_size=batch_size)
+    if not results:
+        listed = ", ".join(map(str, images))
+        raise DataError(f"no images found in {listed}; pass image files or folders holding images")
+    failed = [r for r in results if r.error is not None]
     if as_json:
-        print_json(
-            [
-                {
-                    "image": str(img),
-                    "classes": [dataclasses.asdict(c) for c in cls],
-                    "neighbors": [dataclasses.asdict(n) for n in nb],
-                }
-                for img, cls, nb in zip(images, classes, neighbors, strict=True)
-            ]
-        )
-        return
-    _print_tables(images, classes, neighbors, retriever)
+        sys.stdout.write(to_json(query_document(retriever, results, k=k)) + "\n")
+    elif len(failed) == len(results):  # nothing to show: the one-line error alone
+        raise DataError(_failure(failed, results))
+    else:
+        _print_choice(retriever)
+        _print_tables(results, retriever)
+    if failed:
+        print_error(_failure(failed, results))
+        raise typer.Exit(1)
 
 
-def _print_tables(
-    images: list[Path],
-    classes: list[list[ClassMatch]],
-    neighbors: list[list[Neighbor]],
-    retriever: Retriever,
-) -> None:
+def _failure(failed: list[QueryResult], results: list[QueryResult]) -> str:
+    if len(results) == 1:
+        return str(failed[0].error)
+    return f"{len(failed)} of {len(results)} images could not be read (first: {failed[0].error})"
+
+
+def _print_choice(retriever: Retriever) -> None:
+    """Which run, store and index answer, and why each, on stderr."""
+    chosen, run = retriever.chosen, retriever.run
+    head = f"{run.system.kind}, dim {run.system.dim}" if run.system is not None else "ce head"
+    lines = [f"run {shown(run.path)} ({head}; {shown(chosen['run'])})"]
+    if retriever.store is not None:
+        st = retriever.store
+        where = shown(retriever.index_path) if retriever.index_path is not None else "in memory"
+        lines.append(f"store {shown(st.path)} ({st.header.count:,} rows; {shown(chosen['store'])})")
+        lines.append(f"index {where} ({shown(retriever.index_factory)}; {shown(chosen['index'])})")
+    else:
+        lines.append(f"no store searched ({shown(chosen['store'])})")
+    for line in lines:
+        err_console.print(f"[dim]{line}[/dim]", highlight=False)
+
+
+def _print_tables(results: list[QueryResult], retriever: Retriever) -> None:
     """One table of classes per image, and one of its nearest stored items when there are any."""
-    for img, cls, nb in zip(images, classes, neighbors, strict=True):
+    score = retriever.score_meaning
+    for result in results:
+        if result.error is not None:
+            console.print(f"[red]{shown(result.image)}: {shown(result.error)}[/red]")
+            continue
         novel = (
-            " [yellow](novel: nearest to a target no class owns)[/yellow]" if cls[0].novel else ""
+            " [yellow](novel: nearest to a target no class owns)[/yellow]"
+            if result.classes[0].novel
+            else ""
         )
-        table = Table(title=f"{shown(img)}{novel}", title_justify="left")
-        for col in ("class", "id", "cosine", "margin"):
+        table = Table(title=f"{shown(result.image)}{novel}", title_justify="left")
+        for col in ("class", "id", score, "margin"):
             table.add_column(col, justify="left" if col == "class" else "right")
-        for c in cls:
-            table.add_row(shown(c.name), str(c.id), f"{c.cosine:.4f}", f"{c.margin:.4f}")
+        for c in result.classes:
+            margin = "" if c.margin is None else f"{c.margin:.4f}"
+            table.add_row(shown(c.name), str(c.id), f"{c.score:.4f}", margin)
         console.print(table)
-        if nb and retriever.store is not None:
+        if result.neighbors and retriever.store is not None:
             near = Table(
                 title=f"nearest stored items ({shown(retriever.store.path)})",
                 title_justify="left",
             )
             for col in ("path", "label", "cosine"):
                 near.add_column(col, justify="right" if col == "cosine" else "left")
-            for n in nb:
-                near.add_row(shown(n.path), shown(n.label_name or ""), f"{n.cosine:.4f}")
+            for n in result.neighbors:
+                near.add_row(shown(n.path), shown(n.label_name or ""), f"{n.score:.4f}")
             console.print(near)

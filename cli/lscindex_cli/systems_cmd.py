@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 import lscindex
-from lscindex_cli._common import console, default_of, human_bytes, print_json, shown
+from lscindex import schema
+from lscindex_cli._common import console, default_of, human_bytes, shown
 
 
 def systems(
@@ -30,13 +31,8 @@ def systems(
     rows = lscindex.size_systems(classes, kind or lscindex.systems.DEFAULT_KINDS)
     head = lscindex.softmax_head_size(classes, feature_dim=feature_dim)
     if as_json:
-        print_json(
-            {
-                "n_classes": classes,
-                "systems": [dataclasses.asdict(r) for r in rows],
-                "softmax_head": dataclasses.asdict(head),
-            }
-        )
+        document = schema.document("systems", n_classes=classes, systems=rows, softmax_head=head)
+        sys.stdout.write(schema.to_json(document) + "\n")
         return
     table = Table(title=f"Vector systems for {classes:,} classes")
     for column in ("kind", "n_min", "vectors", "mcs", "emb fp16", "emb fp32", "target matrix"):
