@@ -16,7 +16,13 @@ from lscindex.embedding import build_store
 from lscindex.errors import StoreError
 from lscindex.index import build_index
 from lscindex.run import open_run
-from lscindex.store import METADATA_SCHEMA, balanced_chunk_rows, metadata_table, open_store
+from lscindex.store import (
+    METADATA_SCHEMA,
+    EmbeddingArray,
+    balanced_chunk_rows,
+    metadata_table,
+    open_store,
+)
 
 
 def test_store_layout_and_metadata(store: Path, run_dir: Path) -> None:
@@ -84,6 +90,18 @@ def test_parquet_store_matches_the_zarr_store(
     np.testing.assert_array_equal(
         np.asarray(open_store(out).embeddings), np.asarray(open_store(store).embeddings[:])
     )
+    # One array type for both formats: every way of indexing it gives the same numpy array.
+    parquet, zarr_store = open_store(out).embeddings, open_store(store).embeddings
+    assert type(parquet) is type(zarr_store) is EmbeddingArray
+    mask = np.zeros(108, dtype=bool)
+    mask[[3, 50, 99]] = True
+    for key in (slice(10, 40), 7, [90, 2, 2, 45], np.array([5, 1]), mask, (slice(None), 0)):
+        a, b = parquet[key], zarr_store[key]
+        assert type(a) is type(b) is np.ndarray and a.dtype == b.dtype == np.float16, key
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, np.asarray(zarr_store)[key])  # numpy's own indexing
+    assert (parquet.shape, len(parquet), parquet.ndim) == ((108, 4), 108, 2)
+    assert repr(zarr_store) == "EmbeddingArray(shape=(108, 4), dtype=float16, zarr)"
 
 
 def test_unfinished_store_cannot_be_opened(
