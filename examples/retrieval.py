@@ -47,8 +47,7 @@ def main() -> None:
     image = sorted((data / "val").rglob("*.png"))[0]
     best = retriever.classify([image], k=3)[0]
     print(
-        f"{image.parent.name}/{image.name}: "
-        + ", ".join(f"{m.name} ({m.score:.2f})" for m in best)
+        f"{image.parent.name}/{image.name}: " + ", ".join(f"{m.name} ({m.score:.2f})" for m in best)
     )
     for neighbor in retriever.search([image], k=3)[0]:
         print(f"  near: {neighbor.id} label={neighbor.label_name} cosine={neighbor.score:.3f}")

@@ -25,9 +25,10 @@ from lscindex.target_index import TargetIndex
 
 if TYPE_CHECKING:
     from lscindex.embedding import EmbedReport, build_store
+    from lscindex.evaluation import EvalReport, evaluate
     from lscindex.glyphs import GlyphDatasetInfo, build_glyph_dataset
     from lscindex.index import IndexInfo, build_index, load_index
-    from lscindex.retrieval import ClassMatch, Neighbor, Retriever
+    from lscindex.retrieval import ClassMatch, Neighbor, QueryResult, Retriever
     from lscindex.run import Run, open_run
     from lscindex.store import EmbeddingStore, open_store
     from lscindex.training import EpochMetrics, TrainConfig, TrainResult, fit
@@ -41,6 +42,8 @@ _LAZY = {
     "open_run": "run",
     "EmbedReport": "embedding",
     "build_store": "embedding",
+    "EvalReport": "evaluation",
+    "evaluate": "evaluation",
     "GlyphDatasetInfo": "glyphs",
     "build_glyph_dataset": "glyphs",
     "IndexInfo": "index",
@@ -48,6 +51,7 @@ _LAZY = {
     "load_index": "index",
     "ClassMatch": "retrieval",
     "Neighbor": "retrieval",
+    "QueryResult": "retrieval",
     "Retriever": "retrieval",
     "EmbeddingStore": "store",
     "open_store": "store",
@@ -80,12 +84,14 @@ __all__ = [
     "EmbedReport",
     "EmbeddingStore",
     "EpochMetrics",
+    "EvalReport",
     "GlyphDatasetInfo",
     "HeadSize",
     "IndexInfo",
     "InputError",
     "LscIndexError",
     "Neighbor",
+    "QueryResult",
     "Retriever",
     "Run",
     "RunError",
@@ -100,6 +106,7 @@ __all__ = [
     "build_index",
     "build_store",
     "count_vectors",
+    "evaluate",
     "fit",
     "load_index",
     "match_classes",

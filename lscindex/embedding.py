@@ -36,7 +36,7 @@ from lscindex.data import (
 )
 from lscindex.errors import DataError, StoreError
 from lscindex.model import encode, top_classes
-from lscindex.run import Run, open_run, record_store, recorded_stores
+from lscindex.run import Run, open_run, record_store
 from lscindex.store import (
     STORE_FORMAT_VERSION,
     StoreHeader,
@@ -54,7 +54,6 @@ __all__ = [
     "build_store",
     "embed_batch",
     "encode_batch",
-    "find_store",
     "resolve_inputs",
 ]
 
@@ -490,14 +489,6 @@ def _publish(run: Run, writer: StoreWriter, final: Path, here: Ranks) -> StoreHe
         dist.barrier()
         header = read_header(final)
     return header
-
-
-def find_store(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest store recorded for a run that still exists (None when there is none)."""
-    for path in reversed(recorded_stores(run_dir)):
-        if store_exists(path):
-            return path
-    return None
 
 
 def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWriter:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,11 @@ from lscindex._store_reading import ok_rows, row_coverage_problem
 from lscindex.errors import ConfigError, StoreError
 from lscindex.store import EmbeddingStore, open_store
 
-__all__ = ["IndexInfo", "build_index", "default_index_path", "load_index"]
+__all__ = ["IndexInfo", "IndexProgress", "build_index", "default_index_path", "load_index"]
+
+# progress(stage, done, total): stage "train" (0 of the sampled rows before FAISS trains on them,
+# all of them after) or "add" (rows added so far, of the rows to index).
+IndexProgress = Callable[[str, int, int], None]
 
 INDEX_FORMAT_VERSION = 1
 MAX_DIM = 1 << 20
@@ -102,14 +107,21 @@ def nonfinite_rows(store: EmbeddingStore, good: np.ndarray) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
-def add_store_rows(index: Any, store: EmbeddingStore, good: np.ndarray) -> None:
+def add_store_rows(
+    index: Any, store: EmbeddingStore, good: np.ndarray, *, progress: IndexProgress | None = None
+) -> None:
     """Add the ``good`` rows of a store to an ID-mapped FAISS index, chunk by chunk (ids = rows).
+
+    ``progress("add", rows_added, rows_to_add)`` is called before the first chunk and after each.
 
     Raises:
         StoreError: a ``good`` row holds NaN or inf (a damaged chunk); the count is of the
             whole store, and ``index`` is then incomplete: discard it.
     """
     broken: list[np.ndarray] = []
+    added, to_add = 0, int(np.count_nonzero(good))
+    if progress is not None:
+        progress("add", 0, to_add)
     for start, block in store.iter_chunks():
         keep = good[start : start + len(block)]
         bad = keep & ~np.isfinite(block).all(axis=1)
@@ -119,6 +131,9 @@ def add_store_rows(index: Any, store: EmbeddingStore, good: np.ndarray) -> None:
         if keep.any():
             ids = np.arange(start, start + len(block), dtype=np.int64)[keep]
             index.add_with_ids(np.ascontiguousarray(block[keep]), ids)
+            added += len(ids)
+        if progress is not None:
+            progress("add", added, to_add)
     if broken:
         raise _nonfinite_error(store, np.concatenate(broken))
 
@@ -130,6 +145,7 @@ def build_index(
     out: str | os.PathLike[str] | None = None,
     train_size: int = 100_000,
     seed: int = 0,
+    progress: IndexProgress | None = None,
 ) -> IndexInfo:
     """Build a FAISS index (any ``index_factory`` string) over a finished store.
 
@@ -138,6 +154,10 @@ def build_index(
         factory: e.g. ``"Flat"`` (exact), ``"HNSW32"``, ``"IVF1024,SQ8"``, ``"IVF4096,PQ16"``.
         out: index path; default :func:`default_index_path`.
         train_size: rows sampled (seeded) to train indexes that need training (IVF, PQ, SQ).
+        progress: called as ``progress(stage, done, total)``: ``("train", 0, n)`` and
+            ``("train", n, n)`` around training on ``n`` sampled rows (indexes that need it),
+            then ``("add", rows_added, rows_to_add)`` before the first chunk and after each.
+            It only reports: the index is the same with or without it.
 
     Returns:
         :class:`IndexInfo`; the index and its sidecar are written atomically.
@@ -158,8 +178,12 @@ def build_index(
     index = _create_index(factory, opened.header.dim)
     if not index.is_trained:
         sample = np.sort(np.random.default_rng(seed).permutation(rows)[:train_size])
+        if progress is not None:
+            progress("train", 0, len(sample))
         _train_index(index, opened, sample, factory)
-    add_store_rows(index, opened, good)
+        if progress is not None:
+            progress("train", len(sample), len(sample))
+    add_store_rows(index, opened, good, progress=progress)
     _write_index(index, path)
     info = IndexInfo(
         path=path,

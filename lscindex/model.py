@@ -9,7 +9,9 @@ cross-entropy baseline.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +23,8 @@ from lscindex.errors import ConfigError
 from lscindex.systems import VectorSystem
 
 __all__ = [
+    "DATA_CONFIG_KEYS",
+    "EVAL_CROP",
     "MAX_CLASSES",
     "MAX_DIM",
     "MAX_IMG_SIZE",
@@ -39,6 +43,13 @@ MAX_CLASSES = 100_000_000
 MAX_DIM = 1_048_576
 MAX_IMG_SIZE = 8_192
 MAX_IN_CHANS = 16
+
+# The keys of a data config, as timm.data.create_transform takes them: a run's stored data config
+# is exactly these, so ``timm.data.create_transform(**data_config)`` is the run's eval transform.
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+# Resize the short side to img_size and centre-crop: a square image is kept whole. Not the
+# backbone's ImageNet crop (timm's crop_pct 0.875-0.95), which cuts glyph edges off.
+EVAL_CROP: Mapping[str, Any] = MappingProxyType({"crop_pct": 1.0, "crop_mode": "center"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,12 +189,23 @@ class Encoder(nn.Module):
 
     @property
     def data_config(self) -> dict[str, Any]:
-        """timm's preprocessing config (mean, std, interpolation) at the configured image size."""
+        """The eval transform's timm data config: ``timm.data.create_transform(**data_config)``.
+
+        Keys :data:`DATA_CONFIG_KEYS`: ``input_size`` (in_chans, img_size, img_size) tuple;
+        ``interpolation`` str, ``mean`` and ``std`` (in_chans,) float tuples from the backbone's
+        pretrained config; :data:`EVAL_CROP` (crop_pct 1.0, crop_mode "center"). Training
+        writes it to config.json and builds its validation transform from it.
+        """
         import timm.data
 
         cfg = timm.data.resolve_data_config({}, model=self.backbone)
-        cfg["input_size"] = (self.config.in_chans, self.config.img_size, self.config.img_size)
-        return dict(cfg)
+        return {
+            "input_size": (self.config.in_chans, self.config.img_size, self.config.img_size),
+            "interpolation": cfg["interpolation"],
+            "mean": tuple(cfg["mean"]),
+            "std": tuple(cfg["std"]),
+            **EVAL_CROP,
+        }
 
     @property
     def embed_dim(self) -> int:
@@ -208,20 +230,40 @@ class Encoder(nn.Module):
         return F.normalize(self.features(x).float(), dim=1)
 
 
-def create_eval_transform(data_config: dict[str, Any]) -> Any:
-    """timm's eval transform for a run's data config: resize the whole image, no crop.
+def create_eval_transform(data_config: Mapping[str, Any]) -> Any:
+    """timm's eval transform of a data config: ``timm.data.create_transform(**data_config)``.
 
     Training validation, ``embed`` and ``query`` all use this one, so their accuracies agree.
+
+    Args:
+        data_config: exactly the keys :data:`DATA_CONFIG_KEYS`, e.g. :attr:`Encoder.data_config`
+            or a run's :func:`lscindex.run.eval_data_config`; lists (read from JSON) are taken
+            as tuples.
+
+    Returns:
+        A callable: PIL RGB image -> (in_chans, img_size, img_size) float32 normalised tensor.
+
+    Raises:
+        ConfigError: a key missing or unknown (an unknown one would change the transform).
+
+    Example:
+        >>> from PIL import Image
+        >>> model = create_model(ModelConfig(backbone="test_resnet", head="ce", n_classes=3))
+        >>> create_eval_transform(model.data_config)(Image.new("RGB", (40, 30))).shape
+        torch.Size([3, 32, 32])
     """
     import timm.data
 
-    return timm.data.create_transform(
-        input_size=tuple(data_config["input_size"]),
-        interpolation=data_config["interpolation"],
-        mean=tuple(data_config["mean"]),
-        std=tuple(data_config["std"]),
-        crop_pct=1.0,
-    )
+    if set(data_config) != set(DATA_CONFIG_KEYS):
+        raise ConfigError(
+            f"a data config has exactly the keys {', '.join(DATA_CONFIG_KEYS)}, got "
+            f"{', '.join(map(repr, data_config))}; pass Encoder.data_config or "
+            f"lscindex.run.eval_data_config(config)"
+        )
+    kwargs: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()
+    }
+    return timm.data.create_transform(**kwargs)
 
 
 def create_train_transform(data_config: dict[str, Any], *, augment: bool) -> Any:

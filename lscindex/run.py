@@ -2,7 +2,8 @@
 
 Layout of a run directory (this module owns every name in it)::
 
-    config.json             model + training config, data summary, timm data config (format_version)
+    config.json             model + training config, data summary, timm data config (format_version,
+                            data_config_version)
     classes.json            class names in label order
     class_keys.json         the folder names / manifest labels, where they differ from the names
     model.safetensors       latest weights (what embed/query load)
@@ -30,13 +31,13 @@ import torch
 
 from lscindex._io import atomic_write_bytes, atomic_write_json, file_sha256
 from lscindex.assignment import table_sha256
-from lscindex.errors import RunError
+from lscindex.errors import ConfigError, RunError
 
 __all__ = [
     "FORMAT_VERSION",
     "Run",
     "check_out_dir",
-    "find_run",
+    "eval_data_config",
     "load_assignment",
     "load_run_config",
     "load_weights",
@@ -54,6 +55,11 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# What config.json's data_config means. 2: exactly the eval transform's timm data config
+# (``timm.data.create_transform(**data_config)``). 1 (runs written before the key existed): the
+# backbone's timm defaults, whose crop_pct/crop_mode lscindex never used: it evaluated those runs
+# with crop_pct 1.0, crop_mode "center", and still does, so their embeddings stay bit-identical.
+DATA_CONFIG_VERSION = 2
 CONFIG = "config.json"
 CLASSES = "classes.json"
 CLASS_KEYS = "class_keys.json"
@@ -129,7 +135,8 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     Checked: a JSON object of a known ``format_version``; ``model`` a valid
     :class:`~lscindex.model.ModelConfig` of a timm backbone, sizes in range; ``train`` an
-    object (what ``--resume`` compares); ``data_config`` the eval transform of that model.
+    object (what ``--resume`` compares); ``data_config`` the eval transform of that model (see
+    :func:`eval_data_config`), ``data_config_version`` absent, 1 or 2.
 
     Raises:
         RunError: no config.json, or one that is not JSON, of another format version, or with a
@@ -158,6 +165,7 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 _DAMAGED = "the file is damaged or was edited: restore it or train the run again"
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's
+_CROP_MODES = ("center", "squash", "border")  # timm's
 
 
 def _read_json(path: Path) -> Any:
@@ -177,7 +185,6 @@ def _read_json(path: Path) -> Any:
 
 def _check_run_config(path: Path, config: dict[str, Any]) -> None:
     """Check the sections of a parsed config.json; RunError naming the file and the key."""
-    from lscindex.errors import ConfigError
     from lscindex.model import ModelConfig, check_backbone
 
     for key in ("model", "train", "data_config"):
@@ -193,8 +200,40 @@ def _check_run_config(path: Path, config: dict[str, Any]) -> None:
         check_backbone(model.backbone)
     except ConfigError as exc:
         raise RunError(f"{path}: 'model': {exc}; {_DAMAGED}") from exc
+    _check_data_config(path, config, model.in_chans, model.img_size)
+
+
+def _check_data_config(path: Path, config: dict[str, Any], in_chans: int, img_size: int) -> None:
+    """Check ``data_config`` (and its version) builds the eval transform of the model."""
+    from lscindex.model import DATA_CONFIG_KEYS
+
+    version = config.get("data_config_version", 1)
+    if type(version) is not int or version not in (1, DATA_CONFIG_VERSION):
+        raise RunError(
+            f"{path}: 'data_config_version' {version!r} is not one this lscindex reads "
+            f"(1 or {DATA_CONFIG_VERSION}); upgrade lscindex or retrain"
+        )
     data_config = config["data_config"]
-    expected = [model.in_chans, model.img_size, model.img_size]
+    if version == DATA_CONFIG_VERSION:
+        # Every key goes to timm.data.create_transform: an unknown one would change the
+        # transform, a missing one would fall back to timm's ImageNet crop.
+        if set(data_config) != set(DATA_CONFIG_KEYS):
+            raise RunError(
+                f"{path}: 'data_config' has keys {sorted(data_config)}, expected exactly "
+                f"{sorted(DATA_CONFIG_KEYS)}; {_DAMAGED}"
+            )
+        crop_pct = data_config["crop_pct"]
+        if isinstance(crop_pct, bool) or not isinstance(crop_pct, int | float) or crop_pct <= 0:
+            raise RunError(
+                f"{path}: 'data_config' crop_pct must be a positive number, got {crop_pct!r}; "
+                f"{_DAMAGED}"
+            )
+        if data_config["crop_mode"] not in _CROP_MODES:
+            raise RunError(
+                f"{path}: 'data_config' crop_mode {data_config['crop_mode']!r} is not one of "
+                f"{', '.join(_CROP_MODES)}; {_DAMAGED}"
+            )
+    expected = [in_chans, img_size, img_size]
     if data_config.get("input_size") != expected:
         raise RunError(
             f"{path}: 'data_config' input_size {data_config.get('input_size')!r} is not the "
@@ -209,12 +248,12 @@ def _check_run_config(path: Path, config: dict[str, Any]) -> None:
         value = data_config.get(key)
         if not (
             isinstance(value, list)
-            and len(value) == model.in_chans
+            and len(value) == in_chans
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
             and (key == "mean" or all(v > 0 for v in value))
         ):
             raise RunError(
-                f"{path}: 'data_config' {key} must be {model.in_chans} "
+                f"{path}: 'data_config' {key} must be {in_chans} "
                 f"{'positive ' if key == 'std' else ''}numbers, got {value!r}; {_DAMAGED}"
             )
 
@@ -252,7 +291,18 @@ def write_run_config(
     data: Mapping[str, Any],
     data_config: Mapping[str, Any],
 ) -> None:
-    """Write config.json: everything later stages need to rebuild the model, never re-asked."""
+    """Write config.json: everything later stages need to rebuild the model, never re-asked.
+
+    ``data_config`` must be the eval transform's (:attr:`lscindex.model.Encoder.data_config`):
+    it is stored with ``data_config_version`` 2, which says so.
+    """
+    from lscindex.model import DATA_CONFIG_KEYS
+
+    if set(data_config) != set(DATA_CONFIG_KEYS):
+        raise ConfigError(
+            f"data_config has keys {sorted(data_config)}, expected exactly "
+            f"{sorted(DATA_CONFIG_KEYS)}; pass Encoder.data_config"
+        )
     atomic_write_json(
         Path(run_dir) / CONFIG,
         {
@@ -263,8 +313,30 @@ def write_run_config(
             "data_config": {
                 k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()
             },
+            "data_config_version": DATA_CONFIG_VERSION,
         },
     )
+
+
+def eval_data_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The timm data config a run's eval transform is built from (open_run, embed, query).
+
+    Args:
+        config: a run's parsed config.json (:func:`load_run_config`).
+
+    Returns:
+        The keys of :data:`lscindex.model.DATA_CONFIG_KEYS` (lists as JSON stores them):
+        ``timm.data.create_transform(**it)`` is the run's eval transform. That is the stored
+        ``data_config`` itself, except in runs written before ``data_config_version``: their
+        stored crop_pct/crop_mode were never used, crop_pct 1.0 and crop_mode "center" were.
+    """
+    from lscindex.model import EVAL_CROP
+
+    data_config = dict(config["data_config"])
+    if config.get("data_config_version", 1) == DATA_CONFIG_VERSION:
+        return data_config
+    kept = ("input_size", "interpolation", "mean", "std")
+    return {**{k: data_config[k] for k in kept}, **EVAL_CROP}
 
 
 def write_class_names(
@@ -375,7 +447,8 @@ class Run:
         system: the vector system (None for a ``ce`` run).
         class_names: names in label order.
         class_keys: the folder names / manifest labels the classes were read from.
-        transform: timm eval transform (PIL image -> (3, H, W) float tensor).
+        transform: timm eval transform of :func:`eval_data_config` (PIL RGB image ->
+            (3, H, W) float32 tensor).
         fingerprint: :func:`run_fingerprint` of the run.
     """
 
@@ -389,14 +462,12 @@ class Run:
     fingerprint: str
     device: torch.device
 
-
-def find_run(root: str | os.PathLike[str] = "runs") -> Path | None:
-    """The most recently trained run directly under ``root`` (None when there is none)."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    runs = [p for p in root.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file()]
-    return max(runs, key=lambda p: (p / WEIGHTS).stat().st_mtime) if runs else None
+    def __repr__(self) -> str:
+        head = f"{self.system.kind}, dim {self.system.dim}" if self.system is not None else "ce"
+        return (
+            f"Run({str(self.path)!r}, {self.config['model']['backbone']}, {head}, "
+            f"{len(self.class_names):,} classes, fingerprint {self.fingerprint}, {self.device})"
+        )
 
 
 def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
@@ -447,7 +518,7 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
         )
     model.eval().to(target)
     names, keys = _load_class_names(run_dir, model_config.n_classes)
-    transform = create_eval_transform(config["data_config"])
+    transform = create_eval_transform(eval_data_config(config))
     return Run(
         path=run_dir,
         config=config,

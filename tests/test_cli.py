@@ -8,11 +8,12 @@ import json
 import re
 import subprocess
 import sys
-from typing import Any, Literal, get_origin, get_type_hints
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 import typer.main
-from helpers import run_cli
+from helpers import assert_same_shape, documented_json, run_cli, strict_json
 
 from lscindex_cli.main import main
 
@@ -34,6 +35,8 @@ def test_systems_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert [(r["kind"], r["dim"]) for r in data["systems"]] == [("v21", 14), ("v11", 33)]
     assert data["systems"][0]["target_matrix_bytes"] == 1000 * 14 * 4
     assert data["softmax_head"]["params"] == 1000 * 385
+    docs = Path(__file__).parents[1] / "docs" / "json-schema.md"
+    assert_same_shape(data, documented_json(docs, "systems"))
 
 
 @pytest.mark.parametrize(
@@ -41,10 +44,7 @@ def test_systems_json(capsys: pytest.CaptureFixture[str]) -> None:
     [
         (["systems", "--classes", "0"], "n_classes must be >= 1, got 0"),
         (["systems", "--classes", "10", "--kind", "v9"], "unknown vector system kind 'v9'"),
-        (
-            ["train", "data", "--assignment", "random"],
-            "assignment must be 'codec' or 'data', got 'random'",
-        ),
+        (["train", "data", "--rematch-per-epoch", "-1"], "rematch_per_epoch must be >= 0"),
         (["train", "data", "--rematch-until", "2"], "rematch_until is a share of the training"),
     ],
 )
@@ -156,7 +156,8 @@ def test_train_exposes_every_train_config_field() -> None:
     from lscindex_cli.train_cmd import HELP
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert {p.name for p in click_command("train").params} == names | {"resume", "debug"}
+    expected = names | {"resume", "log_interval", "debug"}
+    assert {p.name for p in click_command("train").params} == expected
     assert set(HELP) == names, "each TrainConfig field needs its help text in train_cmd.HELP"
 
 
@@ -173,7 +174,7 @@ def listed_options(help_text: str) -> dict[str, tuple[str, str | None]]:
             rows[name] += " " + line.strip("│ ")
     listed = {}
     for name, text in rows.items():
-        kind = re.search(r"<(\w+)>", text)
+        kind = re.search(r"<([^>]+)>", text)
         default = re.search(r"\[default:\s+([^\]]+)\]", text)
         listed[name] = (kind.group(1) if kind else "", default.group(1) if default else None)
     return listed
@@ -188,20 +189,24 @@ def test_train_help_lists_each_option_with_the_train_config_default(
     code, out, _ = run_cli(["train", "--help"], capsys)
     assert code == 0
     hints = get_type_hints(TrainConfig)
-    expected = {"--resume": ("bool", "no-resume")}
+    expected = {"--resume": ("", "no-resume"), "--log-interval": ("int range", "50")}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "data":
-            assert re.search(r"\bdata\s+<path>\s+ImageFolder", out)
+            assert re.search(r"\bdata\s+<path>\s+ImageFolder \(train/ \[val/\]\)", out)
             continue
         hint = hints[f.name]
         if f.name == "out":
             shown = ("path", str(f.default))
         elif f.name == "dim":
             shown = ("str", "auto")  # None: the system's n_min
+        elif f.name in ("opt", "sched"):
+            shown = ("name", str(f.default))  # checked against timm's names as parsed
+        elif f.name == "device":
+            shown = ("auto|cpu|cuda|cuda:N", str(f.default))
         elif get_origin(hint) is Literal:
-            shown = ("str", str(f.default))  # TrainConfig rejects a bad value by name (exit 1)
+            shown = ("|".join(get_args(hint)), str(f.default))  # the choices, checked as parsed
         elif hint is bool:
-            shown = ("bool", f.name if f.default else f"no-{f.name}")
+            shown = ("", f.name if f.default else f"no-{f.name}")  # a flag takes no value
         else:
             shown = (hint.__name__, str(f.default))
         expected[f"--{f.name.replace('_', '-')}"] = shown
@@ -220,7 +225,7 @@ def test_train_help_lists_each_option_with_the_train_config_default(
         ["--debug", "systems", "--classes", "0"],
         ["systems", "--classes", "0", "--debug"],
         ["systems", "--debug", "--classes", "0"],
-        ["train", "data", "--assignment", "random", "--debug"],
+        ["train", "data", "--rematch-until", "2", "--debug"],
     ],
 )
 def test_debug_before_or_after_the_command_lets_the_error_through(args: list[str]) -> None:
@@ -326,15 +331,6 @@ def query_runs(image_folder, tmp_path_factory):  # type: ignore[no-untyped-def]
     return made
 
 
-def strict_json(text: str) -> Any:
-    """``json.loads`` that refuses NaN and Infinity, as strict parsers do."""
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"not JSON: {constant}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
 @pytest.mark.parametrize("head", ["lsc", "ce"])
 def test_query_embeds_each_image_once(
     head: str,
@@ -411,30 +407,13 @@ def test_the_documented_query_document_has_the_fields_query_prints(
     image_folder,  # type: ignore[no-untyped-def]
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pathlib import Path
-
-    doc_text = (Path(__file__).parents[1] / "docs" / "json-schema.md").read_text()
-    documented = strict_json(re.findall(r"```json\n(.*?)```", doc_text, flags=re.S)[0])
+    documented = documented_json(Path(__file__).parents[1] / "docs" / "json-schema.md", "query")
     run, store = query_runs["lsc"]
     image = str(sorted((image_folder / "val").rglob("*.png"))[0])
     args = ["query", image, "--run", str(run), "--store", str(store), "--json", "-k", "3"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-
-    def same_shape(a: Any, b: Any, where: str = "") -> None:
-        """The same keys in the same order all the way down (first item of each list), and the
-        same scalar types where neither is null."""
-        if isinstance(a, dict) or isinstance(b, dict):
-            assert isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b), where
-            for key in a:
-                same_shape(a[key], b[key], f"{where}.{key}")
-        elif isinstance(a, list) and a and isinstance(b, list) and b:
-            same_shape(a[0], b[0], f"{where}[0]")
-        elif a is not None and b is not None:
-            assert type(a) is type(b), where
-
-    printed = strict_json(out)
-    same_shape(printed, documented)
+    assert_same_shape(strict_json(out), documented)
 
 
 def test_query_takes_folders_and_reports_an_unreadable_image(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from lscindex import VectorSystem
 from lscindex.errors import ConfigError
-from lscindex.model import ModelConfig, create_model
+from lscindex.model import DATA_CONFIG_KEYS, ModelConfig, create_eval_transform, create_model
 
 
 def lsc_config(**kw) -> ModelConfig:  # type: ignore[no-untyped-def]
@@ -44,6 +45,28 @@ def test_data_config_uses_the_configured_size() -> None:
     model = create_model(lsc_config(img_size=48))
     assert model.data_config["input_size"] == (3, 48, 48)
     assert len(model.data_config["mean"]) == 3
+
+
+def test_the_eval_transform_is_timms_transform_of_the_data_config() -> None:
+    import timm.data
+    from PIL import Image
+
+    model = create_model(lsc_config(img_size=24))
+    config = model.data_config
+    assert set(config) == set(DATA_CONFIG_KEYS)
+    assert config["crop_pct"] == 1.0 and config["crop_mode"] == "center"  # not timm's 0.95
+    assert timm.data.resolve_data_config({}, model=model.backbone)["crop_pct"] != 1.0
+    rng = np.random.default_rng(0)
+    plain = timm.data.create_transform(**config)
+    for width, height in ((24, 24), (40, 29), (17, 52)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        out = create_eval_transform(config)(image)
+        assert out.shape == (3, 24, 24) and out.dtype == torch.float32
+        assert torch.equal(out, plain(image))
+    with pytest.raises(ConfigError, match=r"exactly the keys .*got 'input_size', 'interp"):
+        create_eval_transform({k: v for k, v in config.items() if k != "crop_pct"})
+    with pytest.raises(ConfigError, match="'is_training'"):
+        create_eval_transform({**config, "is_training": True})
 
 
 def test_config_roundtrip_and_errors() -> None:

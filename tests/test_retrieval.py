@@ -211,6 +211,10 @@ def test_reprs_say_what_is_open(run_dir: Path, store: Path) -> None:
     text = repr(r)
     assert "Retriever(" in text and "v21, dim 4" in text and "6 classes" in text
     assert "108 rows" in text and "index=" in text
+    assert repr(r.run) == (
+        f"Run({str(run_dir)!r}, test_resnet, v21, dim 4, 6 classes, fingerprint "
+        f"{r.run.fingerprint}, cpu)"
+    )
     st = repr(open_store(store))
     assert st.startswith("EmbeddingStore(") and "rows=108" in st and "dim=4" in st
     assert "pyarrow" not in st and len(st) < 300

@@ -1,20 +1,25 @@
-"""Shared CLI plumbing: consoles, JSON output, library defaults and the ``--debug`` flag."""
+"""Shared CLI plumbing: consoles, JSON output, library defaults, help rendering, choices and
+the ``--debug`` and ``--version`` flags."""
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
+import importlib.metadata
 import inspect
 import json
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 # Markup ([red]...[/red]) is for the CLI's own words only: every string that comes from the user
 # or the disk (paths, class and font names, error messages) goes through shown(). No emoji codes:
@@ -110,4 +115,118 @@ def add_command(app: typer.Typer, name: str, func: Callable[..., None]) -> None:
     command.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[*signature.parameters.values(), debug, context]
     )
-    app.command(name)(command)
+    app.command(name, cls=CliCommand)(command)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("lscindex")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        sys.stdout.write(f"lscindex {version}\n")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version", help="Show the version and exit.", is_eager=True, callback=_show_version
+    ),
+]
+
+
+# -- help screens -------------------------------------------------------------------------------
+def _plain_help(command: Any) -> None:
+    """Read every help text of ``command`` as plain text: ``[val/]`` is shown, not rich markup."""
+    for item in (command, *command.params):
+        for attr in ("help", "short_help"):
+            if getattr(item, attr, None):
+                setattr(item, attr, escape(getattr(item, attr)))
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """Flags (``--json``, ``--help``) take no value, so the help shows no ``<bool>`` type."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class CliCommand(TyperCommand):
+    """A command whose help texts are plain text and whose flags show no value type."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_help(self)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class CliGroup(TyperGroup):
+    """A command group whose help texts are plain text and whose flags show no value type."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain_help(self)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+# -- options with a fixed set of values ---------------------------------------------------------
+# --device: what lscindex._distributed.select_device accepts.
+DEVICE_CHOICES: dict[str, Any] = {
+    "choices": ("auto", "cpu", "cuda"),
+    "patterns": {"cuda:N": r"cuda:\d+"},
+}
+
+
+def choice_option(
+    *decls: str,
+    help: str,
+    choices: Sequence[str] | Callable[[], Sequence[str]],
+    patterns: dict[str, str] | None = None,
+    metavar: str | None = None,
+    key: Callable[[str], str] = str,
+    where: str = "",
+    deferred: Sequence[str] = (),
+) -> Any:
+    r"""A ``typer.Option`` whose value is checked as the command line is parsed: a typo is a
+    one-line usage error (exit 2) naming the value and listing the valid ones.
+
+    Args:
+        choices: the valid values, or a function giving them (called only when checking).
+        patterns: more valid values, ``{shown: regex}``, e.g. ``{"cuda:N": r"cuda:\d+"}``.
+        metavar: the help's value type (default: the choices joined by ``|``).
+        key: what of a value is looked up (e.g. ``str.lower``).
+        where: what lists them, when there are over 12 (e.g. ``timm.optim.list_optimizers()``):
+            the error then names the close matches only.
+        deferred: values let through, not listed, for the library to refuse with its reason
+            (e.g. a timm schedule the training loop cannot step).
+    """
+    patterns = patterns or {}
+
+    def names() -> list[str]:
+        return [str(c) for c in (choices() if callable(choices) else choices)]
+
+    def check(value: str) -> str:
+        known = names()
+        if key(value) in (*known, *deferred) or any(
+            re.fullmatch(rx, value) for rx in patterns.values()
+        ):
+            return value
+        if len(known) <= 12 or not where:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join([*known, *patterns])}")
+        close = difflib.get_close_matches(key(value), known, n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "print that list to choose one"
+        raise typer.BadParameter(
+            f"{value!r} is not one of the {len(known)} names of {where}; {hint}"
+        )
+
+    def complete(incomplete: str) -> list[str]:
+        return [name for name in names() if name.startswith(incomplete)]
+
+    shown = metavar or f"<{'|'.join([*names(), *patterns])}>"
+    return typer.Option(*decls, help=help, metavar=shown, callback=check, autocompletion=complete)

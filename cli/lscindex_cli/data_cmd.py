@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lscindex.glyphs import (
     DEFAULT_MIN_FONTS,
@@ -16,24 +13,15 @@ from lscindex.glyphs import (
     build_glyph_dataset,
     plan_glyph_dataset,
 )
-from lscindex_cli._common import add_command, console, default_of, shown
+from lscindex_cli._common import CliGroup, DebugOption, add_command, console, default_of, shown
+from lscindex_cli._progress import LOG_INTERVAL, LogIntervalOption, Reporter
 
-data_app = typer.Typer(help="Build datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Build datasets.", no_args_is_help=True, cls=CliGroup)
 
 
-@contextmanager
-def _progress_bar() -> Iterator[Callable[[int, int], None]]:
-    """A transient rich bar, driven by the library's ``progress(done, total)`` callback."""
-    columns = (TextColumn("rendering glyphs"), BarColumn(), MofNCompleteColumn())
-    with Progress(
-        *columns,
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # no stray blank line in pipes and logs
-    ) as bar:
-        task = bar.add_task("glyphs", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+@data_app.callback()
+def _data(debug: DebugOption = False) -> None:
+    """Build datasets."""  # its --debug: `lscindex data --debug glyphs ...`
 
 
 def glyphs(
@@ -58,7 +46,7 @@ def glyphs(
         int, typer.Option(help="Seed for the choice of val fonts and classes.")
     ] = default_of(build_glyph_dataset, "seed"),
     workers: Annotated[
-        int | None, typer.Option(help="Rendering processes (default: all CPUs).")
+        int | None, typer.Option("--workers", "-j", help="Rendering processes (default: all CPUs).")
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it is not empty.")
@@ -66,6 +54,7 @@ def glyphs(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count classes and images; write nothing.")
     ] = False,
+    log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
     """Render one image per (character, font); one class per character, split by font."""
     options: dict[str, Any] = {
@@ -77,7 +66,12 @@ def glyphs(
         "seed": seed,
         "workers": workers,
     }
-    with _progress_bar() as progress:
+    with Reporter(log_interval=log_interval) as reporter:
+
+        def progress(done: int, total: int) -> None:
+            # total grows by the images to write once the glyphs are analysed and chosen
+            reporter.update("glyphs", done, total, unit="glyphs")
+
         if dry_run:
             plan = plan_glyph_dataset(**options, progress=progress)
         else:

@@ -12,8 +12,22 @@ from pathlib import Path
 import typer
 
 from lscindex.errors import LscIndexError
-from lscindex_cli import query_cmd, store_cmd, systems_cmd, train_cmd, verify_cmd
-from lscindex_cli._common import CliState, DebugOption, add_command, print_error
+from lscindex_cli import (
+    eval_cmd,
+    query_cmd,
+    store_cmd,
+    systems_cmd,
+    train_cmd,
+    verify_cmd,
+)
+from lscindex_cli._common import (
+    CliGroup,
+    CliState,
+    DebugOption,
+    VersionOption,
+    add_command,
+    print_error,
+)
 from lscindex_cli.data_cmd import data_app
 
 app = typer.Typer(
@@ -21,12 +35,12 @@ app = typer.Typer(
     help="Train image encoders on fixed vector-system targets and serve extreme-class retrieval.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    cls=CliGroup,
 )
 
 
 @app.callback()
-def _root(debug: DebugOption = False) -> None:
+def _root(debug: DebugOption = False, version: VersionOption = False) -> None:
     """lscindex: vector-system targets, compact embeddings, FAISS retrieval."""
 
 
@@ -37,6 +51,7 @@ add_command(app, "plot", train_cmd.plot)
 add_command(app, "embed", store_cmd.embed)
 add_command(app, "index", store_cmd.index)
 add_command(app, "query", query_cmd.query)
+add_command(app, "eval", eval_cmd.eval_run)
 add_command(app, "verify", verify_cmd.verify)
 
 
@@ -47,16 +62,35 @@ def main(argv: list[str] | None = None) -> None:
     permissions), and the errors of the libraries underneath about their files (see
     :func:`error_message`). Anything else is a bug in lscindex and keeps its traceback.
     ``--debug`` (before or after the command) lets every error through with its traceback.
+    A usage error (a typo in an option or its value) is one line on stderr and exit status 2.
     """
     state = CliState()  # typer's parse of --debug lands here (see _common.DebugOption)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=list(sys.argv[1:] if argv is None else argv), prog_name="lscindex", obj=state)
+        code = app(args=args, prog_name="lscindex", obj=state, standalone_mode=False)
+    except typer.TyperException as exc:  # typer's usage errors: exit status 2
+        if type(exc).__name__ != "NoArgsIsHelpError":  # typer has printed the help instead
+            print_error(_usage_message(exc))
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print_error("aborted")
+        sys.exit(1)
     except Exception as exc:
         message = error_message(exc, out=state.out)
         if state.debug or message is None:
             raise
         print_error(message)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code): 130 after Ctrl-C
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    """Typer's message on one line; where it lists no valid values, a pointer to --help."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, typer.BadParameter) or ctx is None:
+        return message
+    return f"{message}; see {ctx.command_path} --help"
 
 
 # Packages whose own exception types mean a damaged or foreign file, not a bug of lscindex.

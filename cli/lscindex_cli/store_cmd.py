@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lscindex.embedding import build_store
 from lscindex.index import build_index
-from lscindex_cli._common import console, default_of, shown
+from lscindex_cli._common import DEVICE_CHOICES, choice_option, console, default_of, shown
+from lscindex_cli._progress import LOG_INTERVAL, LogIntervalOption, Reporter
 
 
 def embed(
@@ -19,39 +19,36 @@ def embed(
     ],
     run: Annotated[Path, typer.Option(help="Run directory made by lscindex train.")],
     out: Annotated[Path, typer.Option(help="Store: a .zarr folder or a .parquet file.")],
-    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = default_of(
-        build_store, "dtype"
-    ),
+    dtype: Annotated[
+        str,
+        choice_option(help="Embedding dtype in the store.", choices=("float16", "float32")),
+    ] = default_of(build_store, "dtype"),
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = default_of(
         build_store, "batch_size"
     ),
-    workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = default_of(
-        build_store, "workers"
-    ),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = default_of(
-        build_store, "device"
-    ),
+    workers: Annotated[
+        int, typer.Option("--workers", "-j", help="Image decoding worker processes.")
+    ] = default_of(build_store, "workers"),
+    device: Annotated[
+        str,
+        choice_option(help="auto: CUDA when present, else the CPU.", **DEVICE_CHOICES),
+    ] = default_of(build_store, "device"),
     chunk_rows: Annotated[
         int, typer.Option(help="At most this many rows per store chunk (the resume unit).")
     ] = default_of(build_store, "chunk_rows"),
     overwrite: Annotated[
         bool, typer.Option(help="Replace a finished or foreign store at --out.")
     ] = False,
+    log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
     """Embed images with a trained run into a resumable zarr or parquet store."""
-    with Progress(
-        TextColumn("embedding"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:,.0f} img/s"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("embed", total=None, rate=0.0)
+    with Reporter(log_interval=log_interval) as reporter:
 
         def progress(done: int, todo: int, rate: float) -> None:
-            bar.update(task, completed=done, total=todo, rate=rate)
+            eta = (todo - done) / rate if rate > 0 else None
+            reporter.update(
+                "embed", done, todo, unit="images", rate=rate, rate_unit="img/s", eta_s=eta
+            )
 
         report = build_store(
             run,
@@ -87,9 +84,17 @@ def index(
     out: Annotated[
         Path | None, typer.Option(help="Index path (default: beside the store).")
     ] = None,
+    log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
     """Build a FAISS index over a store, with a verified JSON sidecar."""
-    info = build_index(store, factory=factory, out=out)
+    with Reporter(log_interval=log_interval) as reporter:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            # Only adding is timed: FAISS trains in one call, its time unknown until it returns.
+            eta = None if stage == "add" else float("nan")
+            reporter.update(f"index {stage}", done, total, unit="rows", eta_s=eta)
+
+        info = build_index(store, factory=factory, out=out, progress=progress)
     console.print(
         f"indexed {info.count:,} embeddings ({shown(info.factory)}, dim {info.dim}) into "
         f"{shown(info.path)}"

@@ -4,41 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from lscindex.errors import ConfigError
 from lscindex.plots import plot_runs
 from lscindex.training import EpochMetrics, TrainCallbacks, TrainConfig, fit
 from lscindex.training.config import SCHEDULES
-from lscindex_cli._common import console, err_console, shown
+from lscindex_cli._common import DEVICE_CHOICES, choice_option, console, err_console, shown
+from lscindex_cli._progress import LOG_INTERVAL, LogIntervalOption, Reporter, WorkClock
 
 
-class RichProgress(TrainCallbacks):
-    """A progress bar per epoch with the running loss and img/s, and a line per finished epoch."""
+class TrainProgress(TrainCallbacks):
+    """Training progress: the whole run as one job (with validation as its own), epoch lines.
 
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:,.0f} img/s"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self.task: TaskID | None = None
-        self.steps = 0
+    The ETA covers every step and validation left in the run: each costs what it has cost so
+    far (see :class:`WorkClock`); a validation batch costs a training step until one has run.
+    """
+
+    def __init__(self, reporter: Reporter, config: TrainConfig) -> None:
+        self.reporter, self.config = reporter, config
+        self.work = WorkClock(clock=reporter.clock)
+        self.epochs = self.steps = self.total = self.val_steps = self.position = 0
+        self.val_done = 0
 
     def on_start(
         self,
@@ -53,7 +44,14 @@ class RichProgress(TrainCallbacks):
         dim: int,
         device: str,
     ) -> None:
-        self.steps, self.epochs = steps_per_epoch, epochs
+        self.epochs, self.steps = epochs, steps_per_epoch
+        self.total = epochs * steps_per_epoch
+        if self.config.max_steps:
+            self.total = min(self.total, self.config.max_steps)
+        self.position = start_epoch * steps_per_epoch + start_step
+        # Replaced by the count of the first validation (this process's share under torchrun).
+        self.val_steps = math.ceil(n_val / self.config.batch_size)
+        self.work = WorkClock(clock=self.reporter.clock)
         resumed = (
             f", resuming at epoch {start_epoch + 1} step {start_step}"
             if start_epoch or start_step
@@ -63,23 +61,46 @@ class RichProgress(TrainCallbacks):
             f"{n_classes:,} classes, {n_train:,} train / {n_val:,} val images, output dim "
             f"{dim}, {shown(device)}{resumed}"
         )
-        self.progress.start()
+
+    def _eta(self, epoch: int) -> float | None:
+        """Seconds left: the steps still to take, and the validations of ``epoch`` and after."""
+        last_epoch = math.ceil(self.total / self.steps) - 1
+        val_left = self.val_steps * (last_epoch - epoch + 1) - self.val_done
+        left = {"step": self.total - self.position, "val": val_left}
+        return self.work.seconds_left(left, fallback={"val": "step"})
 
     def on_step(self, *, epoch: int, step: int, loss: float, img_per_s: float) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(
-                "train",
-                total=self.steps,
-                epoch=f"{epoch + 1}/{self.epochs}",
-                loss=loss,
-                rate=img_per_s,
-            )
-        self.progress.update(self.task, completed=step, loss=loss, rate=img_per_s)
+        position = epoch * self.steps + step
+        self.work.done("step", max(position - self.position, 0))
+        self.position, self.val_done = position, 0
+        self.reporter.update(
+            "train",
+            position,
+            self.total,
+            label=f"train epoch {epoch + 1}/{self.epochs} step {step}/{self.steps}",
+            rate=img_per_s,
+            rate_unit="img/s",
+            eta_s=_known(self._eta(epoch)),
+            extra=f"loss {loss:.4f}",
+        )
+
+    def on_val_step(self, *, epoch: int, step: int, steps: int, img_per_s: float) -> None:
+        self.work.done("val", step - self.val_done)
+        self.val_steps, self.val_done = steps, step
+        self.reporter.update(
+            "val",
+            step,
+            steps,
+            label=f"val epoch {epoch + 1}/{self.epochs}",
+            unit="batches",
+            rate=img_per_s,
+            rate_unit="img/s",
+            eta_s=_known(self._eta(epoch)),
+        )
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
+        self.reporter.finish("val")
+        self.val_done = self.val_steps  # this epoch's validation is behind, even if it was empty
         val = (
             f"val top-1 {metrics.val_top1:.3f} top-5 {metrics.val_top5:.3f} "
             f"loss {metrics.val_loss:.4f}"
@@ -95,8 +116,10 @@ class RichProgress(TrainCallbacks):
     def on_warning(self, message: str) -> None:
         err_console.print(f"[yellow]warning:[/yellow] {shown(message)}", highlight=False)
 
-    def close(self) -> None:
-        self.progress.stop()
+
+def _known(seconds: float | None) -> float:
+    """NaN (shown as ``?``) for a time left that cannot be estimated yet."""
+    return math.nan if seconds is None else seconds
 
 
 # Help text of each TrainConfig field. The options themselves (names, types, defaults) come from
@@ -119,13 +142,13 @@ HELP = {
     "epochs": "Epochs.",
     "batch_size": "Batch size per process.",
     "lr": "Peak learning rate.",
-    "opt": "timm.optim optimizer name (timm.optim.list_optimizers()).",
+    "opt": "timm.optim optimizer name: one of timm.optim.list_optimizers().",
     "sched": f"timm.scheduler schedule: {', '.join(SCHEDULES)}.",
     "warmup_epochs": "Linear warm-up epochs.",
     "weight_decay": "Weight decay.",
     "img_size": "Input side in pixels.",
     "augment": "Random crops during training.",
-    "device": "auto, cpu or cuda.",
+    "device": "auto: CUDA when present, else the CPU.",
     "amp": "Mixed precision (fp16 on CUDA, bf16 on CPU).",
     "workers": "Data loader worker processes.",
     "seed": "Seed of init, shuffling and augmentation.",
@@ -134,45 +157,75 @@ HELP = {
     "max_steps": "Stop after N steps in total (0: no limit).",
 }
 _PATHS = ("data", "out")  # str in the config, a path on the command line
-_DECLS = {"batch_size": ("--batch-size", "-b")}
+_DECLS = {"batch_size": ("--batch-size", "-b"), "workers": ("--workers", "-j")}
 _KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def _optimizers() -> list[str]:
+    import timm.optim
+
+    return [str(name) for name in timm.optim.list_optimizers()]
+
+
+# The values of str fields with a fixed set of them (Literal fields have theirs in their type).
+# A typo is a usage error as the command line is parsed; TrainConfig still checks the rest
+# (an optimizer needing second-order gradients or a package that is not installed: exit 1).
+_CHOICES: dict[str, dict[str, Any]] = {
+    # plateau and none are timm schedules the loop cannot drive: TrainConfig says why.
+    "sched": {"choices": SCHEDULES, "metavar": "<name>", "deferred": ("plateau", "none")},
+    "device": DEVICE_CHOICES,
+    "opt": {
+        "choices": _optimizers,
+        "metavar": "<name>",
+        "key": lambda name: name.lower().removeprefix("lookahead_"),  # as timm reads it
+        "where": "timm.optim.list_optimizers()",
+    },
+}
 
 
 def _parameter(field: dataclasses.Field[Any], hint: Any) -> inspect.Parameter:
     """The typer parameter of one TrainConfig field: its type and default, with HELP's text.
 
     A field without a default is an argument. ``dim`` None (the system's n_min) is spelled
-    ``auto``. Literal fields stay strings, so TrainConfig rejects a bad value by name (exit 1).
+    ``auto``. Literal fields, and those of ``_CHOICES``, take one of their values (checked as
+    the command line is parsed, so a typo is a usage error).
     """
     text = HELP.get(field.name, "")
     if field.default is dataclasses.MISSING:
         annotation = Annotated[Path, typer.Argument(help=text)]
         return inspect.Parameter(field.name, _KW, annotation=annotation)
-    default = field.default
+    default, decls = field.default, _DECLS.get(field.name, ())
+    option = typer.Option(*decls, help=text)
     if field.name in _PATHS:
         hint = Path
     elif field.name == "dim":
         hint, default = str, "auto"
     elif get_origin(hint) is Literal:
-        hint = str
-    option = typer.Option(*_DECLS.get(field.name, ()), help=text)
+        hint, option = str, choice_option(*decls, help=text, choices=get_args(hint))
+    elif field.name in _CHOICES:
+        option = choice_option(*decls, help=text, **_CHOICES[field.name])
     return inspect.Parameter(field.name, _KW, default=default, annotation=Annotated[hint, option])
 
 
 def _signature() -> inspect.Signature:
-    """``train``'s parameters: one per TrainConfig field, then ``--resume`` (an argument of fit)."""
+    """``train``'s parameters: one per TrainConfig field, then ``--resume`` (an argument of fit)
+    and ``--log-interval`` (display only, not part of the run)."""
     hints = get_type_hints(TrainConfig)
     resume = typer.Option(help="Continue the run in --out from its last checkpoint.")
     return inspect.Signature(
         [
             *(_parameter(field, hints[field.name]) for field in dataclasses.fields(TrainConfig)),
             inspect.Parameter("resume", _KW, default=False, annotation=Annotated[bool, resume]),
+            inspect.Parameter(
+                "log_interval", _KW, default=LOG_INTERVAL, annotation=LogIntervalOption
+            ),
         ]
     )
 
 
 def _config(options: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of the parsed options (``resume`` taken out): undoes :func:`_parameter`."""
+    """The TrainConfig of the parsed options (``resume``, ``log_interval`` taken out): undoes
+    :func:`_parameter`."""
     dim = options["dim"]
     if dim != "auto" and not (dim.isascii() and dim.isdigit()):
         raise ConfigError(f"--dim must be 'auto' or a positive integer, got {dim!r}")
@@ -182,13 +235,10 @@ def _config(options: dict[str, Any]) -> TrainConfig:
 
 def train(**options: Any) -> None:
     """Train an encoder on fixed vector-system targets (or the cross-entropy baseline)."""
-    resume = options.pop("resume")
+    resume, log_interval = options.pop("resume"), options.pop("log_interval")
     config = _config(options)
-    progress = RichProgress()
-    try:
-        result = fit(config, resume=resume, callbacks=progress)
-    finally:
-        progress.close()
+    with Reporter(log_interval=log_interval) as reporter:
+        result = fit(config, resume=resume, callbacks=TrainProgress(reporter, config))
     if result.rank != 0:
         return
     if result.metrics and result.metrics[-1].val_top1 is not None:
@@ -208,5 +258,5 @@ def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run directories to draw.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
 ) -> None:
-    """Draw loss and accuracy curves of one or several runs into one PNG."""
+    """Draw loss (a panel per loss type), accuracy and learning-rate curves of runs into one PNG."""
     console.print(f"wrote {shown(plot_runs(runs, out))}")

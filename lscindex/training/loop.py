@@ -377,7 +377,8 @@ def _train(
             callbacks.on_warning(
                 f"epoch {epoch + 1}: skipped {progress.skipped} unreadable image(s)"
             )
-        metrics = _epoch_metrics(job, progress, val_loader, time.perf_counter() - start_time)
+        wall = time.perf_counter() - start_time
+        metrics = _epoch_metrics(job, progress, val_loader, wall, callbacks)
         result.metrics.append(metrics)
         job.scheduler.step(epoch + 1)
         if ranks.rank == 0:
@@ -474,14 +475,17 @@ def _train_step(
 
 
 # -- validation and bookkeeping -----------------------------------------------------------------
-def _evaluate(job: _Job, loader: DataLoader[Any]) -> tuple[float, float, float, int]:
+def _evaluate(
+    job: _Job, loader: DataLoader[Any], callbacks: TrainCallbacks, epoch: int
+) -> tuple[float, float, float, int]:
     """Sums of (loss, top-1 hits, top-5 hits, count) over this rank's share of the val set."""
     model = job.model
     model.eval()
     k = min(5, job.n_classes)
     totals = [0.0, 0.0, 0.0, 0]
+    start = time.perf_counter()
     with torch.no_grad():
-        for images, labels, _, _ in loader:
+        for step, (images, labels, _, _) in enumerate(loader, start=1):
             if len(labels) == 0:
                 continue
             images, labels = images.to(job.device), labels.to(job.device)
@@ -492,19 +496,22 @@ def _evaluate(job: _Job, loader: DataLoader[Any]) -> tuple[float, float, float, 
             totals[1] += float(hits[:, 0].sum())
             totals[2] += float(hits.any(dim=1).sum())
             totals[3] += len(labels)
+            rate = totals[3] * job.ranks.world / max(time.perf_counter() - start, 1e-9)
+            callbacks.on_val_step(epoch=epoch, step=step, steps=len(loader), img_per_s=rate)
     model.train()
     return totals[0], totals[1], totals[2], int(totals[3])
 
 
 def _epoch_metrics(
-    job: _Job, progress: _Progress, val_loader: DataLoader[Any], wall: float
+    job: _Job, progress: _Progress, loader: DataLoader[Any], wall: float, callbacks: TrainCallbacks
 ) -> EpochMetrics:
     """Validate and sum this epoch's figures over the ranks."""
     device, world = job.device, job.ranks.world
     train_loss, train_count = _all_sum(
         [progress.loss_sum, float(progress.loss_count)], device, world
     )
-    v_loss, v_top1, v_top5, v_count = _all_sum(list(_evaluate(job, val_loader)), device, world)
+    sums = _evaluate(job, loader, callbacks, progress.epoch)
+    v_loss, v_top1, v_top5, v_count = _all_sum(list(sums), device, world)
     skipped = int(_all_sum([float(progress.skipped)], device, world)[0])
     rematching = job.config.rematch_per_epoch and job.system is not None
     return EpochMetrics(

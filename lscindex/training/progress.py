@@ -58,7 +58,18 @@ class TrainCallbacks:
         pass
 
     def on_step(self, *, epoch: int, step: int, loss: float, img_per_s: float) -> None:
-        pass
+        """After optimizer step ``step`` (1-based, of ``steps_per_epoch``) of ``epoch`` (0-based).
+
+        ``img_per_s``: training images per second since the epoch (or its resumption) began,
+        all processes together.
+        """
+
+    def on_val_step(self, *, epoch: int, step: int, steps: int, img_per_s: float) -> None:
+        """After validation batch ``step`` (1-based) of ``steps`` at the end of ``epoch``.
+
+        ``steps`` counts this process's batches (its share under torchrun); ``img_per_s`` is
+        validation images per second since this validation began, all processes together.
+        """
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         pass
