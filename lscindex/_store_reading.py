@@ -19,10 +19,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lscindex.errors import StoreError
-from lscindex.store import METADATA_SCHEMA, StoreHeader, _one_line, _part_name, _reembed_hint
+from lscindex.store import (
+    ATTRS_KEY,
+    DTYPES,
+    MAX_COUNT,
+    MAX_DIM,
+    METADATA_SCHEMA,
+    STORE_FORMAT_VERSION,
+    StoreHeader,
+    _one_line,
+    _part_name,
+    _reembed_hint,
+)
 
 __all__ = [
     "check_metadata",
+    "checked_header",
+    "checked_history",
     "chunk_file",
     "chunk_file_problems",
     "chunk_nbytes",
@@ -34,6 +47,97 @@ __all__ = [
     "row_coverage_problem",
     "zarr_embeddings",
 ]
+
+
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "format_version": (int,),
+    "store_id": (str,),
+    "count": (int,),
+    "dim": (int,),
+    "dtype": (str,),
+    "chunk_rows": (int,),
+    "system": (dict, type(None)),
+    "run": (str,),
+    "run_fingerprint": (str,),
+    "inputs_sha256": (str,),
+    "complete": (bool,),
+}
+
+
+def checked_header(raw: Any, path: Path) -> StoreHeader:
+    """A :class:`StoreHeader` from raw attributes, every key's type and range checked.
+
+    Raises:
+        StoreError: not an object, another format version, a missing, unknown or mistyped key,
+            or a value out of range (one line naming it).
+    """
+    if not isinstance(raw, dict):
+        raise StoreError(
+            f"store {path} has damaged attributes: {ATTRS_KEY!r} is a {type(raw).__name__}, "
+            f"expected an object; {_reembed_hint(path)}"
+        )
+    version = raw.get("format_version")
+    if version != STORE_FORMAT_VERSION or isinstance(version, bool):
+        raise StoreError(
+            f"store {path} has format_version {version!r}, this lscindex reads "
+            f"{STORE_FORMAT_VERSION}; embed again or upgrade lscindex"
+        )
+    run = raw.get("run") if isinstance(raw.get("run"), str) else "RUN"
+
+    def damaged(what: str) -> StoreError:
+        return StoreError(
+            f"store {path} has damaged attributes: {what}; {_reembed_hint(path, str(run))}"
+        )
+
+    missing = [k for k in _HEADER_TYPES if k not in raw]
+    unknown = sorted(set(raw) - set(_HEADER_TYPES) - {"history"})
+    if missing or unknown:
+        what = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
+        what += [f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
+        raise damaged(" and ".join(what))
+    for key, types in _HEADER_TYPES.items():
+        value = raw[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise damaged(f"{key} is {value!r}, expected {expected}")
+    if not 0 <= raw["count"] <= MAX_COUNT:
+        raise damaged(f"count is {raw['count']!r}, expected 0..{MAX_COUNT}")
+    if not 1 <= raw["dim"] <= MAX_DIM:
+        raise damaged(f"dim is {raw['dim']!r}, expected 1..{MAX_DIM}")
+    if not 1 <= raw["chunk_rows"] <= max(1, raw["count"]):
+        raise damaged(f"chunk_rows is {raw['chunk_rows']!r}, expected 1..{max(1, raw['count'])}")
+    if raw["dtype"] not in DTYPES:
+        raise damaged(f"dtype is {raw['dtype']!r}, expected one of {DTYPES}")
+    if not re.fullmatch(r"[0-9a-f]{16}", raw["store_id"]):
+        raise damaged(f"store_id is {raw['store_id']!r}, expected 16 hex digits")
+    history = checked_history(raw.get("history", []), raw["count"])
+    if history is None:
+        raise damaged(
+            "history is not a list of {store_id, count, inputs_sha256} objects with counts "
+            "rising below the store's count"
+        )
+    return StoreHeader(**{**raw, "history": history})
+
+
+def checked_history(raw: Any, count: int) -> tuple[dict[str, Any], ...] | None:
+    """A header's ``history`` (earlier versions, oldest first), or None when it is malformed."""
+    if not isinstance(raw, list):
+        return None
+    below = 0
+    for entry in raw:
+        if not (
+            isinstance(entry, dict)
+            and set(entry) == {"store_id", "count", "inputs_sha256"}
+            and isinstance(entry["store_id"], str)
+            and re.fullmatch(r"[0-9a-f]{16}", entry["store_id"])
+            and isinstance(entry["inputs_sha256"], str)
+            and isinstance(entry["count"], int)
+            and not isinstance(entry["count"], bool)
+            and below <= entry["count"] < count
+        ):
+            return None
+        below = entry["count"]
+    return tuple(dict(entry) for entry in raw)
 
 
 def row_coverage_problem(rows: np.ndarray, count: int) -> str | None:

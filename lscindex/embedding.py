@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from lscindex._append import AppendedRows, append_header, check_resumed, new_items
 from lscindex._distributed import Ranks, process_group, ranks, select_device
 from lscindex._io import LOCK_SUFFIX, swap_dir, writer_lock
 from lscindex.data import (
@@ -80,6 +81,7 @@ class EmbedReport:
     errors: int
     already_complete: bool
     seconds: float
+    skipped: int = 0  # inputs an append found in the store already
 
 
 def resolve_inputs(
@@ -211,6 +213,7 @@ def build_store(
     device: str = "auto",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     overwrite: bool = False,
+    append: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> EmbedReport:
     """Embed every input image with a run's encoder into a zarr (or ``.parquet``) store.
@@ -231,6 +234,10 @@ def build_store(
         dtype: ``float16`` (default, half the bytes) or ``float32``.
         chunk_rows: at most this many rows per chunk (the resume unit); the rows are spread
             evenly over the chunks, so the last chunk is nearly full (zarr stores it whole).
+        append: add the inputs the zarr store at ``out`` does not hold yet (by id; an id it
+            holds for the same file is skipped, for another file refused) as rows after its
+            own, keeping its dtype and chunk size; resumable like a new store. A missing
+            ``out`` is created.
         progress: called as ``progress(rows_done, rows_to_do, images_per_s)``.
 
     Returns:
@@ -246,6 +253,8 @@ def build_store(
     """
     started = time.perf_counter()
     _check_options(dtype, chunk_rows, batch_size)
+    if append and overwrite:
+        raise StoreError("append adds rows to the store, overwrite replaces it: pass one of them")
     here = ranks()
     final = Path(out)
     _check_out_is_no_input(final, inputs)
@@ -258,6 +267,9 @@ def build_store(
     # refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
     with process_group(opened.device, backend="gloo"), _rank0_lock(final, here):
         items = resolve_inputs(inputs, opened.class_keys, opened.class_names)
+        existing = _existing_store(final) if append else None
+        if existing is not None:
+            return _append(opened, final, items, existing, batch_size, workers, progress, started)
         planned = _plan_header(opened, items, dtype=dtype, chunk_rows=chunk_rows)
         # --overwrite builds the new store beside the old one and swaps them only when it is
         # complete, so an interrupted or failed overwrite leaves the existing store intact.
@@ -275,6 +287,64 @@ def build_store(
         done, errors = _write_rows(opened, items, writer, batches, workers, progress)
         header = _publish(opened, writer, final, here)
     return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
+
+
+def _append(
+    run: Run,
+    final: Path,
+    items: list[EmbedItem],
+    existing: StoreHeader,
+    batch_size: int,
+    workers: int,
+    progress: Callable[[int, int, float], None] | None,
+    started: float,
+) -> EmbedReport:
+    """Add the items the store at ``final`` lacks as rows after its own (see ``append``)."""
+    here = ranks()
+    _check_appendable(run, final, existing)
+    fresh, skipped = new_items(final, existing, items)
+    if not fresh and existing.complete:
+        seconds = time.perf_counter() - started
+        return EmbedReport(final, existing, 0, 0, True, seconds, skipped=skipped)
+    fresh_sha256 = _inputs_sha256(fresh)
+    if existing.complete:
+        header = append_header(existing, len(fresh), fresh_sha256)
+        writer = StoreWriter.begin_append(final, header) if here.rank == 0 else None
+    else:
+        check_resumed(final, existing, len(fresh), fresh_sha256)
+        writer = StoreWriter.resume(final) if here.rank == 0 else None
+    if here.world > 1:
+        dist.barrier()
+    writer = writer if writer is not None else StoreWriter.resume(final)
+    first = writer.header.count - len(fresh)
+    mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
+    batches = _plan_batches(writer.header, mine, batch_size, first_row=first)
+    rows = AppendedRows(first, fresh)
+    done, errors = _write_rows(run, rows, writer, batches, workers, progress, first_row=first)
+    header = _publish(run, writer, final, here)
+    return EmbedReport(
+        final, header, done, errors, False, time.perf_counter() - started, skipped=skipped
+    )
+
+
+def _check_appendable(run: Run, final: Path, existing: StoreHeader) -> None:
+    """Refuse to append to a parquet store, another run's store or an unfinished new store."""
+    if final.suffix.lower() == ".parquet":
+        raise StoreError(
+            f"cannot append to {final}: a parquet store is one file, written whole; embed into "
+            f"a .zarr store to add rows later"
+        )
+    if existing.run_fingerprint != run.fingerprint:
+        raise StoreError(
+            f"store {final} was embedded by run {existing.run} (fingerprint "
+            f"{existing.run_fingerprint}), not by {run.path} ({run.fingerprint}); append to it "
+            f"with --run {existing.run}, or embed into another store"
+        )
+    if not existing.complete and existing.appending_from is None:
+        raise StoreError(
+            f"store {final} is unfinished ({existing.count:,} rows planned); run the embed "
+            f"command that started it again to complete it, then append"
+        )
 
 
 def _check_options(dtype: str, chunk_rows: int, batch_size: int) -> None:
@@ -384,11 +454,15 @@ def _open_or_resume(out: Path, header: StoreHeader, *, scratch: bool, here: Rank
     return writer if writer is not None else StoreWriter.resume(out)
 
 
-def _plan_batches(header: StoreHeader, chunks: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row batches inside each chunk, so every resume recomputes identical batches."""
+def _plan_batches(
+    header: StoreHeader, chunks: Sequence[int], batch_size: int, *, first_row: int = 0
+) -> list[list[int]]:
+    """Row batches inside each chunk, so every resume recomputes identical batches; rows below
+    ``first_row`` (an append's old rows) are in the store already and left out."""
     batches: list[list[int]] = []
     for chunk in chunks:
         start, stop = header.chunk_range(chunk)
+        start = max(start, first_row)
         batches.extend(
             list(range(b, min(b + batch_size, stop))) for b in range(start, stop, batch_size)
         )
@@ -413,8 +487,10 @@ def _write_rows(
     batches: list[list[int]],
     workers: int,
     progress: Callable[[int, int, float], None] | None,
+    *,
+    first_row: int = 0,
 ) -> tuple[int, int]:
-    """Embed the planned batches; write each chunk once all its rows are in.
+    """Embed the planned batches; write each chunk once all its rows from ``first_row`` are in.
 
     Returns:
         (rows computed, rows whose image failed).
@@ -438,7 +514,7 @@ def _write_rows(
         parts = pending.setdefault(chunk, [])
         parts.append(batch)
         start, stop = header.chunk_range(chunk)
-        if sum(len(p.rows) for p in parts) == stop - start:
+        if sum(len(p.rows) for p in parts) == stop - max(start, first_row):
             _write_chunk(writer, chunk, pending.pop(chunk), items, run.class_names)
         done += len(batch.rows)
         if progress is not None:

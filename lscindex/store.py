@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lscindex._io import atomic_write_bytes
@@ -137,9 +137,18 @@ class StoreHeader:
     run_fingerprint: str
     inputs_sha256: str
     complete: bool
+    # The store's earlier versions, oldest first, one per append: {"store_id", "count",
+    # "inputs_sha256"} as they were before rows were added. Rows below each count are unchanged,
+    # so an index of an earlier version is brought up to date by adding the rows after it.
+    history: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "history": [dict(h) for h in self.history]}
+
+    @property
+    def appending_from(self) -> int | None:
+        """The first new row of an append in progress (None when no append is unfinished)."""
+        return None if self.complete or not self.history else int(self.history[-1]["count"])
 
     @property
     def n_chunks(self) -> int:
@@ -222,13 +231,49 @@ class StoreWriter:
     def resume(cls, path: str | os.PathLike[str]) -> StoreWriter:
         """Open an unfinished store for writing its remaining chunks."""
         path = Path(path)
-        return cls(path, read_header(path, allow_incomplete=True))
+        writer = cls(path, read_header(path, allow_incomplete=True))
+        writer._grow()
+        return writer
+
+    @classmethod
+    def begin_append(cls, path: str | os.PathLike[str], header: StoreHeader) -> StoreWriter:
+        """Start adding rows to a finished zarr store: ``header`` is its next version
+        (``count`` grown, ``complete`` False, the current version last in ``history``).
+
+        The attributes are written first, then the array grows: a store interrupted in between
+        is grown again by :meth:`resume`. Rows below the old count are never written again.
+        """
+        path = Path(path)
+        if _is_parquet(path) or header.appending_from is None:
+            raise StoreError(f"store {path}: only a zarr store is appended to")
+        import zarr
+
+        zarr.open_group(str(path), mode="r+").attrs[ATTRS_KEY] = header.to_dict()
+        writer = cls(path, header)
+        writer._grow()
+        return writer
+
+    def _grow(self) -> None:
+        """Give the embeddings array the header's row count, if an append has not yet."""
+        if self._array is not None and self._array.shape[0] != self.header.count:
+            self._array.resize((self.header.count, self.header.dim))
 
     def done_chunks(self) -> set[int]:
+        """Chunks whose metadata part holds every row of the chunk.
+
+        The part of a store's last chunk holds fewer rows while an append fills that chunk up.
+        """
         done = set()
         if self.parts_dir.is_dir():
             for p in self.parts_dir.glob("part-*.parquet"):
-                done.add(int(p.stem.split("-")[1]))
+                chunk = int(p.stem.split("-")[1])
+                if chunk >= self.header.n_chunks:
+                    continue
+                start, stop = self.header.chunk_range(chunk)
+                if self.header.appending_from is None or stop <= self.header.appending_from:
+                    done.add(chunk)  # parts are written whole: no need to read this one
+                elif pq.read_metadata(p).num_rows == stop - start:
+                    done.add(chunk)
         return done
 
     def pending_chunks(self) -> list[int]:
@@ -236,8 +281,15 @@ class StoreWriter:
         return [c for c in range(self.header.n_chunks) if c not in done]
 
     def write_chunk(self, chunk: int, embeddings: np.ndarray, metadata: pa.Table) -> None:
-        """Write one chunk: embeddings (rows, dim) then, atomically, its metadata part."""
+        """Write one chunk: embeddings (rows, dim) then, atomically, its metadata part.
+
+        During an append, the chunk holding the store's old last rows is given only its new
+        rows: the old ones are read back and the part is replaced, old and new rows together.
+        """
         start, stop = self.header.chunk_range(chunk)
+        first = self.header.appending_from
+        if first is not None and start < first < stop and metadata.num_rows == stop - first:
+            embeddings, metadata = self._with_old_rows(chunk, start, first, embeddings, metadata)
         if embeddings.shape != (stop - start, self.header.dim) or metadata.num_rows != stop - start:
             raise StoreError(
                 f"chunk {chunk} needs {stop - start} rows of dim {self.header.dim}, got "
@@ -252,6 +304,23 @@ class StoreWriter:
         buffer = io.BytesIO()
         pq.write_table(metadata, buffer)
         atomic_write_bytes(self.parts_dir / _part_name(chunk), buffer.getvalue())
+
+    def _with_old_rows(
+        self, chunk: int, start: int, first: int, embeddings: np.ndarray, metadata: pa.Table
+    ) -> tuple[np.ndarray, pa.Table]:
+        """The rows ``start..first-1`` already in the store, put before the new ones."""
+        part = pq.read_table(self.parts_dir / _part_name(chunk))
+        old = part.filter(pc.less(part.column("row"), first)).sort_by("row")
+        if old.num_rows != first - start:
+            raise StoreError(
+                f"store {self.path}: chunk {chunk} holds {old.num_rows} of its {first - start} "
+                f"rows from before the append; {_reembed_hint(self.path, self.header.run)}"
+            )
+        before = np.asarray(self._array[start:first])
+        metadata = pa.concat_tables(
+            [old.select(metadata.column_names).cast(metadata.schema), metadata]
+        )
+        return np.concatenate([before.astype(embeddings.dtype), embeddings]), metadata
 
     def finalize(self) -> StoreHeader:
         """Mark the store complete (parquet: assemble the single file). All chunks must be done."""
@@ -277,21 +346,6 @@ class StoreWriter:
         return header
 
 
-_HEADER_TYPES: dict[str, tuple[type, ...]] = {
-    "format_version": (int,),
-    "store_id": (str,),
-    "count": (int,),
-    "dim": (int,),
-    "dtype": (str,),
-    "chunk_rows": (int,),
-    "system": (dict, type(None)),
-    "run": (str,),
-    "run_fingerprint": (str,),
-    "inputs_sha256": (str,),
-    "complete": (bool,),
-}
-
-
 def _one_line(exc: BaseException) -> str:
     """The last line of an exception's message, shortened: what the user needs in one line."""
     lines = str(exc).strip().splitlines()
@@ -304,55 +358,6 @@ def _reembed_hint(path: Path, run: str = "RUN") -> str:
         f"the store is damaged: embed again with lscindex embed DATA --run {run} --out {path} "
         f"--overwrite (lscindex verify {path} lists every problem)"
     )
-
-
-def _checked_header(raw: Any, path: Path) -> StoreHeader:
-    """A :class:`StoreHeader` from raw attributes, every key's type and range checked.
-
-    Raises:
-        StoreError: not an object, another format version, a missing, unknown or mistyped key,
-            or a value out of range (one line naming it).
-    """
-    if not isinstance(raw, dict):
-        raise StoreError(
-            f"store {path} has damaged attributes: {ATTRS_KEY!r} is a {type(raw).__name__}, "
-            f"expected an object; {_reembed_hint(path)}"
-        )
-    version = raw.get("format_version")
-    if version != STORE_FORMAT_VERSION or isinstance(version, bool):
-        raise StoreError(
-            f"store {path} has format_version {version!r}, this lscindex reads "
-            f"{STORE_FORMAT_VERSION}; embed again or upgrade lscindex"
-        )
-    run = raw.get("run") if isinstance(raw.get("run"), str) else "RUN"
-
-    def damaged(what: str) -> StoreError:
-        return StoreError(
-            f"store {path} has damaged attributes: {what}; {_reembed_hint(path, str(run))}"
-        )
-
-    missing = [k for k in _HEADER_TYPES if k not in raw]
-    unknown = sorted(set(raw) - set(_HEADER_TYPES))
-    if missing or unknown:
-        what = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
-        what += [f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
-        raise damaged(" and ".join(what))
-    for key, types in _HEADER_TYPES.items():
-        value = raw[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise damaged(f"{key} is {value!r}, expected {expected}")
-    if not 0 <= raw["count"] <= MAX_COUNT:
-        raise damaged(f"count is {raw['count']!r}, expected 0..{MAX_COUNT}")
-    if not 1 <= raw["dim"] <= MAX_DIM:
-        raise damaged(f"dim is {raw['dim']!r}, expected 1..{MAX_DIM}")
-    if not 1 <= raw["chunk_rows"] <= max(1, raw["count"]):
-        raise damaged(f"chunk_rows is {raw['chunk_rows']!r}, expected 1..{max(1, raw['count'])}")
-    if raw["dtype"] not in DTYPES:
-        raise damaged(f"dtype is {raw['dtype']!r}, expected one of {DTYPES}")
-    if not re.fullmatch(r"[0-9a-f]{16}", raw["store_id"]):
-        raise damaged(f"store_id is {raw['store_id']!r}, expected 16 hex digits")
-    return StoreHeader(**raw)
 
 
 def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreHeader:
@@ -386,7 +391,9 @@ def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
             f"{path} is not an lscindex embedding store; create one with "
             f"lscindex embed --out {path}"
         )
-    header = _checked_header(raw, path)
+    from lscindex._store_reading import checked_header
+
+    header = checked_header(raw, path)
     if not header.complete and not allow_incomplete:
         raise StoreError(
             f"store {path} is unfinished ({header.count:,} rows planned); run the same lscindex "

@@ -39,9 +39,16 @@ def embed(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a finished or foreign store at --out.")
     ] = False,
+    append: Annotated[
+        bool,
+        typer.Option(
+            help="Add the images the zarr store at --out lacks (by id) after its rows; "
+            "then index --update."
+        ),
+    ] = False,
     log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
-    """Embed images with a trained run into a resumable zarr or parquet store."""
+    """Embed images with a trained run into a resumable zarr or parquet store, or append to one."""
     with Reporter(log_interval=log_interval) as reporter:
 
         def progress(done: int, todo: int, rate: float) -> None:
@@ -60,18 +67,22 @@ def embed(
             device=device,
             chunk_rows=chunk_rows,
             overwrite=overwrite,
+            append=append,
             progress=progress,
         )
     header = report.header
+    held = f"; {report.skipped:,} of the images were in it already" if report.skipped else ""
     if report.already_complete:
+        fix = "nothing to add" if append else "--overwrite to redo it"
         console.print(
             f"{shown(out)} is already complete ({header.count:,} rows); left untouched "
-            f"(--overwrite to redo it)"
+            f"({fix}){held}"
         )
         return
     console.print(
-        f"embedded {report.computed_rows:,} images into {shown(out)} ({header.count:,} rows, "
-        f"dim {header.dim}, {shown(header.dtype)}) in {report.seconds:.1f} s"
+        f"{'appended' if append else 'embedded'} {report.computed_rows:,} images into "
+        f"{shown(out)} ({header.count:,} rows, dim {header.dim}, {shown(header.dtype)}) in "
+        f"{report.seconds:.1f} s{held}"
         + (f"; {report.errors} unreadable (status=error)" if report.errors else "")
     )
 
