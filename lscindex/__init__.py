@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from lscindex.embedding import EmbedReport, build_store
     from lscindex.evaluation import EvalReport, evaluate
     from lscindex.glyphs import GlyphDatasetInfo, build_glyph_dataset
-    from lscindex.index import IndexInfo, build_index, load_index
+    from lscindex.index import IndexInfo, build_index, load_index, update_index
     from lscindex.retrieval import ClassMatch, Neighbor, QueryResult, Retriever
     from lscindex.run import Run, open_run
     from lscindex.store import EmbeddingStore, open_store
@@ -49,6 +49,7 @@ _LAZY = {
     "IndexInfo": "index",
     "build_index": "index",
     "load_index": "index",
+    "update_index": "index",
     "ClassMatch": "retrieval",
     "Neighbor": "retrieval",
     "QueryResult": "retrieval",
@@ -116,6 +117,7 @@ __all__ = [
     "parse_kind",
     "size_systems",
     "softmax_head_size",
+    "update_index",
     "verify_index",
     "verify_run",
     "verify_store",

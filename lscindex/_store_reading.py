@@ -90,7 +90,7 @@ def checked_header(raw: Any, path: Path) -> StoreHeader:
         )
 
     missing = [k for k in _HEADER_TYPES if k not in raw]
-    unknown = sorted(set(raw) - set(_HEADER_TYPES) - {"history"})
+    unknown = sorted(set(raw) - set(_HEADER_TYPES) - {"history", "encoder"})
     if missing or unknown:
         what = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
         what += [f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
@@ -116,7 +116,10 @@ def checked_header(raw: Any, path: Path) -> StoreHeader:
             "history is not a list of {store_id, count, inputs_sha256} objects with counts "
             "rising below the store's count"
         )
-    return StoreHeader(**{**raw, "history": history})
+    encoder = raw.get("encoder")
+    if encoder is not None and not isinstance(encoder, dict):
+        raise damaged(f"encoder is {encoder!r:.100}, expected an object or null")
+    return StoreHeader(**{**raw, "history": history, "encoder": encoder})
 
 
 def checked_history(raw: Any, count: int) -> tuple[dict[str, Any], ...] | None:

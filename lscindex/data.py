@@ -8,8 +8,9 @@ Two sources are understood:
   to the manifest's folder unless absolute; labels integers or class names; split ``train``/``val``)
   for class counts where millions of folders would be unwieldy.
 
-Every image is opened by :func:`read_image`, for training, embedding and queries alike, so an
-image is either readable everywhere or nowhere. Unreadable images never stop a run:
+Every image is opened by :func:`read_image`, for training, embedding and queries alike (uploads
+to ``lscindex serve`` by :func:`read_image_bytes`, under the same rules), so an image is either
+readable everywhere or nowhere. Unreadable images never stop a run:
 :class:`ImageDataset` returns ``None`` for them and :func:`collate_skipping` drops them and counts
 how many it dropped.
 """
@@ -22,7 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ __all__ = [
     "list_images",
     "load_dataset",
     "read_image",
+    "read_image_bytes",
     "read_manifest",
 ]
 
@@ -377,21 +379,41 @@ def read_image(path: str | os.PathLike[str]) -> Any:
         >>> read_image("data/glyphs/val/0041/000.png").mode   # doctest: +SKIP
         'RGB'
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         reason = "does not exist" if not os.path.lexists(path) else "is not a regular file"
         raise DataError(f"{path} {reason}")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path} is empty (0 bytes)")
+    return _decode_image(path, path)
+
+
+def read_image_bytes(data: bytes, name: str) -> Any:
+    """:func:`read_image` for an image held in memory (an HTTP upload): the same rules and the
+    same one-line reasons, which name the image ``name`` (e.g. the upload's file name).
+
+    Example:
+        >>> read_image_bytes(Path("a.png").read_bytes(), "a.png").mode   # doctest: +SKIP
+        'RGB'
+    """
+    import io
+
+    if not data:
+        raise DataError(f"{name} is empty (0 bytes)")
+    return _decode_image(io.BytesIO(data), name)
+
+
+def _decode_image(source: str | IO[bytes], name: str) -> Any:
+    """Decode ``source`` (a path or a binary file) to RGB under :func:`read_image`'s rules."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if min(img.size) < MIN_IMAGE_SIDE:
                     raise DataError(
-                        f"{path} is {img.size[0]}x{img.size[1]} px, below the "
+                        f"{name} is {img.size[0]}x{img.size[1]} px, below the "
                         f"{MIN_IMAGE_SIDE} px minimum side"
                     )
                 img.load()
@@ -399,11 +421,11 @@ def read_image(path: str | os.PathLike[str]) -> Any:
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path} is over Pillow's pixel limit: {exc}") from None
+        raise DataError(f"{name} is over Pillow's pixel limit: {exc}") from None
     except UnidentifiedImageError:
-        raise DataError(f"{path} is not an image Pillow can read") from None
+        raise DataError(f"{name} is not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path} cannot be decoded: {exc}") from None
+        raise DataError(f"{name} cannot be decoded: {exc}") from None
 
 
 class ImageDataset(Dataset[tuple[Any, int, int] | None]):

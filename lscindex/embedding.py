@@ -27,15 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from lscindex._append import AppendedRows, append_header, check_resumed, new_items
 from lscindex._distributed import Ranks, process_group, ranks, select_device
-from lscindex._io import LOCK_SUFFIX, swap_dir, writer_lock
+from lscindex._io import LOCK_SUFFIX, refuse_url, swap_dir, writer_lock
 from lscindex.data import (
-    IMAGE_EXTENSIONS,
-    MANIFEST_SUFFIXES,
-    list_images,
     read_image,
-    read_manifest,
 )
 from lscindex.errors import DataError, StoreError
+from lscindex.features import FeatureSpec, open_features
+from lscindex.inputs import EmbedItem, resolve_inputs
 from lscindex.model import encode, top_classes
 from lscindex.run import Run, open_run, record_store
 from lscindex.store import (
@@ -62,16 +60,6 @@ DEFAULT_CHUNK_ROWS = 4096
 
 
 @dataclass(frozen=True)
-class EmbedItem:
-    """One input: a stable id, its file, and its label if the layout or manifest gives one."""
-
-    id: str
-    path: str
-    label: int = -1
-    label_name: str | None = None
-
-
-@dataclass(frozen=True)
 class EmbedReport:
     """What :func:`build_store` did."""
 
@@ -82,62 +70,6 @@ class EmbedReport:
     already_complete: bool
     seconds: float
     skipped: int = 0  # inputs an append found in the store already
-
-
-def resolve_inputs(
-    inputs: Sequence[str | os.PathLike[str]],
-    class_keys: Sequence[str],
-    class_names: Sequence[str] = (),
-) -> list[EmbedItem]:
-    """Expand folders (recursive), manifests and files into items, in a stable order.
-
-    Labels come from the parent folder name of an image when it names one of the run's classes
-    (ImageFolder layout, ``train/`` and ``val/`` included), or from a manifest's ``label`` column.
-
-    Raises:
-        DataError: a path that does not exist, or no inputs at all.
-    """
-    lookup = {str(k): i for i, k in enumerate(class_keys)}
-    lookup.update({str(n): i for i, n in enumerate(class_names) if str(n) not in lookup})
-    names = list(class_names) or list(class_keys)
-
-    def labelled(item_id: str, path: Path, key: str | None) -> EmbedItem:
-        label = lookup.get(key, -1) if key is not None else -1
-        return EmbedItem(item_id, str(path), label, names[label] if label >= 0 else None)
-
-    items: list[EmbedItem] = []
-    for raw in inputs:
-        source = Path(raw)
-        if not source.exists():
-            raise DataError(
-                f"input {source} does not exist; pass image files, folders or manifests"
-            )
-        if source.is_dir():
-            for path in list_images(source):
-                items.append(labelled(str(path.relative_to(source)), path, path.parent.name))
-        elif source.suffix.lower() in MANIFEST_SUFFIXES:
-            items.extend(_manifest_items(source, lookup, names))
-        else:
-            items.append(labelled(source.name, source, source.parent.name))
-    if not items:
-        raise DataError(
-            f"no images found in {', '.join(map(str, inputs))} (looked for "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    return items
-
-
-def _manifest_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:
-    """Items of a manifest; an integer label is a class id of the run (-1 when out of range), any
-    other label a class key or name of the run (-1 when unknown)."""
-    items = []
-    for row in read_manifest(path):
-        if isinstance(row.label, int):
-            label = row.label if 0 <= row.label < len(names) else -1
-        else:
-            label = lookup.get(row.label, -1) if row.label is not None else -1
-        items.append(EmbedItem(row.id, row.path, label, names[label] if label >= 0 else None))
-    return items
 
 
 class _ItemDataset(Dataset[tuple[torch.Tensor, int, str]]):
@@ -188,9 +120,14 @@ def embed_batch(
 
     Returns:
         embeddings (B, dim) float32 L2-normalised, predicted class (B,) int64, its score (B,)
-        float32 (cosine for lsc, softmax probability for ce), novel (B,) bool.
+        float32 (cosine for lsc, softmax probability for ce), novel (B,) bool; for a plain
+        timm encoder (no classes) -1, NaN and False.
     """
     embeddings, outputs = encode_batch(run, images)
+    if not run.class_names:  # a plain timm encoder: nothing to decode
+        n = len(embeddings)
+        none = np.full(n, -1, np.int64), np.full(n, np.nan, np.float32), np.zeros(n, bool)
+        return (embeddings.cpu().numpy(), *none)
     ids, scores, novel = top_classes(outputs, run.system, 1)
     return embeddings.cpu().numpy(), ids[:, 0], scores[:, 0], novel
 
@@ -203,7 +140,7 @@ def _inputs_sha256(items: Sequence[EmbedItem]) -> str:
 
 
 def build_store(
-    run: str | os.PathLike[str] | Run,
+    run: str | os.PathLike[str] | Run | FeatureSpec,
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
@@ -228,7 +165,9 @@ def build_store(
     beside the store is held while it is written (by rank 0 under torchrun).
 
     Args:
-        run: run directory (or an opened :class:`Run`).
+        run: run directory (or an opened :class:`Run`), or a plain timm encoder
+            (:func:`lscindex.features.create_spec`): its pooled features are stored, with no
+            class prediction, and the store records its spec instead of a run.
         inputs: image files, folders (recursive; ImageFolder labels) and manifests.
         out: ``*.zarr`` folder or ``*.parquet`` file.
         dtype: ``float16`` (default, half the bytes) or ``float32``.
@@ -256,12 +195,10 @@ def build_store(
     if append and overwrite:
         raise StoreError("append adds rows to the store, overwrite replaces it: pass one of them")
     here = ranks()
+    refuse_url(out, "store")
     final = Path(out)
     _check_out_is_no_input(final, inputs)
-    if isinstance(run, Run):
-        opened = run
-    else:
-        opened = open_run(run, device=str(select_device(device, here.local_rank)))
+    opened = _open_encoder(run, str(select_device(device, here.local_rank)))
     # The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
     # Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
     # refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
@@ -287,6 +224,15 @@ def build_store(
         done, errors = _write_rows(opened, items, writer, batches, workers, progress)
         header = _publish(opened, writer, final, here)
     return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
+
+
+def _open_encoder(run: str | os.PathLike[str] | Run | FeatureSpec, device: str) -> Run:
+    """An opened run, or the run of a plain timm encoder's spec, on ``device``."""
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, FeatureSpec):
+        return open_features(run, device=device)
+    return open_run(run, device=device)
 
 
 def _append(
@@ -442,6 +388,7 @@ def _plan_header(
         run_fingerprint=run.fingerprint,
         inputs_sha256=_inputs_sha256(items),
         complete=False,
+        encoder=run.config.get("features"),
     )
 
 
@@ -560,7 +507,8 @@ def _publish(run: Run, writer: StoreWriter, final: Path, here: Ranks) -> StoreHe
         header = writer.finalize()
         if writer.path != final:
             swap_dir(writer.path, final)
-        record_store(run.path, final, store_id=header.store_id, count=header.count)
+        if run.class_names:  # a plain timm encoder has no run directory to record it in
+            record_store(run.path, final, store_id=header.store_id, count=header.count)
     if here.world > 1:
         dist.barrier()
         header = read_header(final)

@@ -3,71 +3,78 @@
 ``emb.zarr`` -> ``emb.faiss`` (the index, FAISS's own format) + ``emb.faiss.json``::
 
     {"format_version": 1, "factory": "HNSW32", "metric": "inner_product", "dim": 18,
-     "count": 27782, "store": "emb.zarr", "store_fingerprint": "...", "sha256": "..."}
+     "count": 27782, "store": "emb.zarr", "store_fingerprint": "...", "sha256": "...",
+     "recall": 0.991, "recall_k": 10, "recall_queries": 1000, "default_ef_search": 32,
+     "tuning": [...], "auto": {...}}
 
-Index ids are store row numbers (rows whose image failed are left out). Embeddings are unit
-vectors, so inner product is cosine similarity.
+The keys after ``sha256`` are optional (sidecars written before them still load): see
+docs/store-format.md. Index ids are store row numbers (rows whose image failed are left out).
+Embeddings are unit vectors, so inner product is cosine similarity.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from lscindex._io import atomic_write_json, atomic_write_with, file_sha256
+from lscindex._index_search import (
+    TARGET_RECALL,
+    RecallReport,
+    sample_rows,
+    set_default,
+    tune_search,
+)
+from lscindex._index_sidecar import IndexInfo, read_faiss_index, read_sidecar, sidecar_path
+from lscindex._index_update import advice, cannot_add, check_lineage, check_rows
+from lscindex._io import atomic_write_json, atomic_write_with, file_sha256, refuse_url
 from lscindex._store_reading import ok_rows, row_coverage_problem
 from lscindex.errors import ConfigError, StoreError
+from lscindex.index_factory import FactoryChoice, choose_factory
 from lscindex.store import EmbeddingStore, open_store
 
-__all__ = ["IndexInfo", "IndexProgress", "build_index", "default_index_path", "load_index"]
+__all__ = [
+    "TARGET_RECALL",
+    "IndexInfo",
+    "IndexProgress",
+    "IndexUpdate",
+    "build_index",
+    "default_index_path",
+    "load_index",
+    "update_index",
+]
 
 # progress(stage, done, total): stage "train" (0 of the sampled rows before FAISS trains on them,
 # all of them after) or "add" (rows added so far, of the rows to index).
 IndexProgress = Callable[[str, int, int], None]
 
-INDEX_FORMAT_VERSION = 1
-MAX_DIM = 1 << 20
-# sidecar key -> its JSON type (bool is refused where int is asked)
-_SIDECAR_TYPES: dict[str, type] = {
-    "format_version": int,
-    "factory": str,
-    "metric": str,
-    "dim": int,
-    "count": int,
-    "store": str,
-    "store_fingerprint": str,
-    "sha256": str,
-}
-
 
 @dataclass(frozen=True)
-class IndexInfo:
-    """The sidecar of an index (see the module docstring)."""
+class IndexUpdate:
+    """What :func:`update_index` did.
 
-    path: Path
-    factory: str
-    dim: int
-    count: int
-    store: str
-    store_fingerprint: str
-    sha256: str
+    Attributes:
+        info: the refreshed sidecar. added_rows: rows added to the index (all of them when
+            rebuilt). rebuilt: the index could not take the rows and was built anew; ``reason``
+            says why. advice: for an ``auto`` index, a note when auto would now choose another
+            factory for the grown store ("" otherwise).
+    """
+
+    info: IndexInfo
+    added_rows: int
+    rebuilt: bool
+    reason: str = ""
+    advice: str = ""
 
 
 def default_index_path(store: str | os.PathLike[str]) -> Path:
     """``emb.zarr`` or ``emb.parquet`` -> ``emb.faiss`` beside it."""
     store = Path(store)
     return store.with_name(store.stem + ".faiss")
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 def readable_rows(store: EmbeddingStore) -> np.ndarray:
@@ -112,7 +119,8 @@ def add_store_rows(
 ) -> None:
     """Add the ``good`` rows of a store to an ID-mapped FAISS index, chunk by chunk (ids = rows).
 
-    ``progress("add", rows_added, rows_to_add)`` is called before the first chunk and after each.
+    Chunks without a ``good`` row are not read. ``progress("add", rows_added, rows_to_add)`` is
+    called before the first chunk and after each chunk read.
 
     Raises:
         StoreError: a ``good`` row holds NaN or inf (a damaged chunk); the count is of the
@@ -122,16 +130,19 @@ def add_store_rows(
     added, to_add = 0, int(np.count_nonzero(good))
     if progress is not None:
         progress("add", 0, to_add)
-    for start, block in store.iter_chunks():
-        keep = good[start : start + len(block)]
+    step = store.header.chunk_rows
+    for start in range(0, store.header.count, step):
+        keep = good[start : start + step]
+        if not keep.any():  # e.g. the rows an update already holds: not read at all
+            continue
+        block = np.asarray(store.embeddings[start : start + step], dtype=np.float32)
         bad = keep & ~np.isfinite(block).all(axis=1)
         if bad.any() or broken:
             broken.append(np.flatnonzero(bad) + start)
             continue  # only counting from here on: the index will not be used
-        if keep.any():
-            ids = np.arange(start, start + len(block), dtype=np.int64)[keep]
-            index.add_with_ids(np.ascontiguousarray(block[keep]), ids)
-            added += len(ids)
+        ids = np.arange(start, start + len(block), dtype=np.int64)[keep]
+        index.add_with_ids(np.ascontiguousarray(block[keep]), ids)
+        added += len(ids)
         if progress is not None:
             progress("add", added, to_add)
     if broken:
@@ -143,38 +154,66 @@ def build_index(
     *,
     factory: str = "Flat",
     out: str | os.PathLike[str] | None = None,
+    max_memory_bytes: int | None = None,
     train_size: int = 100_000,
+    recall_queries: int = 1000,
     seed: int = 0,
     progress: IndexProgress | None = None,
 ) -> IndexInfo:
-    """Build a FAISS index (any ``index_factory`` string) over a finished store.
+    """Build a FAISS index (any ``index_factory`` string, or ``"auto"``) over a finished store.
+
+    Measures recall@10 against exact search with held-out rows as queries (a seeded sample,
+    added to the index once measured) and, for IVF / HNSW indexes, sets the smallest nprobe /
+    efSearch reaching 0.95 as the index's default (saved in the FAISS file and the sidecar).
 
     Args:
         store: store path or an opened store.
-        factory: e.g. ``"Flat"`` (exact), ``"HNSW32"``, ``"IVF1024,SQ8"``, ``"IVF4096,PQ16"``.
+        factory: e.g. ``"Flat"`` (exact), ``"HNSW32"``, ``"IVF1024,SQ8"``, ``"IVF4096,PQ16"``,
+            or ``"auto"``: chosen from the row count, dim and ``max_memory_bytes`` by
+            :func:`lscindex.index_factory.choose_factory` (recorded in the sidecar).
         out: index path; default :func:`default_index_path`.
-        train_size: rows sampled (seeded) to train indexes that need training (IVF, PQ, SQ).
+        max_memory_bytes: memory budget of the built index, for ``factory="auto"`` only
+            (None: no budget).
+        train_size: rows sampled (seeded) to train indexes that need training (IVF, PQ, SQ);
+            ``auto`` raises it to 39 rows per IVF list.
+        recall_queries: rows to hold out as recall@10 queries (at most a tenth of the rows);
+            0 skips the measurement and the tuning.
         progress: called as ``progress(stage, done, total)``: ``("train", 0, n)`` and
             ``("train", n, n)`` around training on ``n`` sampled rows (indexes that need it),
-            then ``("add", rows_added, rows_to_add)`` before the first chunk and after each.
-            It only reports: the index is the same with or without it.
+            then ``("add", rows_added, rows_to_add)`` before the first chunk and after each
+            (the rows held out for recall come last, after the measurement). It only reports:
+            the index is the same with or without it.
 
     Returns:
         :class:`IndexInfo`; the index and its sidecar are written atomically.
 
     Raises:
-        ConfigError: a factory string FAISS rejects. StoreError: unfinished, damaged or empty
-            store, or embedded rows holding NaN/inf (counted; failed images are left out).
+        ConfigError: a factory string FAISS rejects, a budget without ``auto``, or a budget no
+            index fits. StoreError: unfinished, damaged or empty store, or embedded rows
+            holding NaN/inf (counted; failed images are left out).
 
     Example:
-        >>> build_index("emb.zarr", factory="HNSW32")   # doctest: +SKIP
+        >>> build_index("emb.zarr", factory="auto", max_memory_bytes=2 * 2**30)  # doctest: +SKIP
     """
+    if factory != "auto" and max_memory_bytes is not None:
+        raise ConfigError(
+            f"max_memory_bytes applies to factory='auto', not to {factory!r}; drop it or use "
+            f"--factory auto"
+        )
+    if out is not None:
+        refuse_url(out, "index")
     opened = store if isinstance(store, EmbeddingStore) else open_store(store)
     path = Path(out) if out is not None else default_index_path(opened.path)
     good = readable_rows(opened)
     rows = np.flatnonzero(good)
     if len(rows) == 0:
         raise StoreError(f"store {opened.path} has no successfully embedded rows to index")
+    choice = None
+    if factory == "auto":
+        choice = choose_factory(
+            len(rows), opened.header.dim, max_memory_bytes=max_memory_bytes, train_size=train_size
+        )
+        factory, train_size = choice.factory, max(1, choice.train_rows)
     index = _create_index(factory, opened.header.dim)
     if not index.is_trained:
         sample = np.sort(np.random.default_rng(seed).permutation(rows)[:train_size])
@@ -183,30 +222,90 @@ def build_index(
         _train_index(index, opened, sample, factory)
         if progress is not None:
             progress("train", len(sample), len(sample))
-    add_store_rows(index, opened, good, progress=progress)
+    report = _add_measured(
+        index, opened, good, factory=factory, queries=recall_queries, seed=seed, progress=progress
+    )
+    return _save(index, path, opened, factory=factory, auto=choice, report=report)
+
+
+def _add_measured(
+    index: Any,
+    store: EmbeddingStore,
+    add: np.ndarray,
+    *,
+    factory: str,
+    queries: int,
+    seed: int,
+    progress: IndexProgress | None,
+) -> RecallReport | None:
+    """Add the ``add`` rows ((count,) bool) to ``index``, holding a seeded sample of them out
+    until the index's recall for them as queries is measured and its default knob tuned.
+
+    Returns:
+        The :class:`RecallReport` (None when nothing was sampled: ``queries`` 0, < 10 rows).
+    """
+    import faiss
+
+    sample = sample_rows(np.flatnonzero(add), queries, seed)
+    held = np.zeros_like(add)
+    held[sample] = True
+    total = int(np.count_nonzero(add))
+
+    def report_add(stage: str, done: int, _: int) -> None:  # totals count the held-out rows
+        if progress is not None:
+            progress(stage, done, total)
+
+    add_store_rows(index, store, add & ~held, progress=report_add)
+    if len(sample) == 0:
+        return None
+    vectors = np.ascontiguousarray(store.embeddings[sample], dtype=np.float32)
+    if not np.isfinite(vectors).all():  # counted over the whole store, as add_store_rows does
+        raise _nonfinite_error(store, nonfinite_rows(store, readable_rows(store)))
+    indexed = np.zeros_like(add)
+    indexed[faiss.vector_to_array(index.id_map)] = True
+    report = tune_search(index, store, indexed, vectors, factory=factory)
+    index.add_with_ids(vectors, sample)
+    report_add("add", total, total)
+    if report is not None:
+        set_default(index, report.knob, report.value)
+    return report
+
+
+def _save(
+    index: Any,
+    path: Path,
+    store: EmbeddingStore,
+    *,
+    factory: str,
+    auto: FactoryChoice | None,
+    report: RecallReport | None,
+    keep: IndexInfo | None = None,
+) -> IndexInfo:
+    """Write the index and then its sidecar; without a ``report``, the recall and default knob
+    of ``keep`` (the sidecar being refreshed) stay: they are of its last measurement."""
+    measured: dict[str, Any] = {}
+    if report is not None:
+        knob = {"nprobe": "default_nprobe", "ef_search": "default_ef_search"}
+        measured = {"recall": report.recall, "recall_k": report.k, "tuning": report.trials}
+        measured["recall_queries"] = report.queries
+        if report.knob is not None:
+            measured[knob[report.knob]] = report.value
+    elif keep is not None:
+        names = ("recall", "recall_k", "recall_queries", "default_nprobe", "default_ef_search")
+        measured = {name: getattr(keep, name) for name in (*names, "tuning")}
     _write_index(index, path)
     info = IndexInfo(
         path=path,
         factory=factory,
-        dim=opened.header.dim,
+        dim=store.header.dim,
         count=int(index.ntotal),
-        store=str(opened.path),
-        store_fingerprint=opened.fingerprint,
+        store=str(store.path),
+        store_fingerprint=store.fingerprint,
         sha256=file_sha256(path),
+        auto=auto,
+        **measured,
     )
-    atomic_write_json(
-        _sidecar(path),
-        {
-            "format_version": INDEX_FORMAT_VERSION,
-            "factory": factory,
-            "metric": "inner_product",
-            "dim": info.dim,
-            "count": info.count,
-            "store": info.store,
-            "store_fingerprint": info.store_fingerprint,
-            "sha256": info.sha256,
-        },
-    )
+    atomic_write_json(sidecar_path(path), info.to_json())
     return info
 
 
@@ -258,86 +357,6 @@ def _write_index(index: Any, path: Path) -> None:
     atomic_write_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
-def read_sidecar(path: str | os.PathLike[str]) -> IndexInfo:
-    """The sidecar of index ``path``, every key's type and range checked (the index is not read).
-
-    ``sha256`` is what the sidecar records, not yet compared with the file.
-
-    Raises:
-        StoreError: no index or sidecar, a sidecar that is not JSON, of another format version,
-            or with a missing, mistyped or out-of-range key.
-    """
-    path = Path(path)
-    side = _sidecar(path)
-    if not path.is_file():
-        raise StoreError(f"index {path} does not exist; build it with lscindex index STORE")
-    if not side.is_file():
-        raise StoreError(f"index {path} has no sidecar {side.name}; rebuild it with lscindex index")
-    try:
-        meta = json.loads(side.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(
-            f"index sidecar {side} is not valid JSON ({str(exc).splitlines()[0][:120]}); rebuild "
-            f"the index with lscindex index STORE"
-        ) from None
-    if not isinstance(meta, dict):
-        raise StoreError(
-            f"index sidecar {side} holds a {type(meta).__name__}, expected an object; rebuild "
-            f"the index with lscindex index STORE"
-        )
-    store = meta.get("store") if isinstance(meta.get("store"), str) else "STORE"
-    rebuild = f"rebuild the index with lscindex index {store}"
-    version = meta.get("format_version")
-    if version != INDEX_FORMAT_VERSION or isinstance(version, bool):
-        raise StoreError(
-            f"index sidecar {side} has format_version {version!r}, this lscindex reads "
-            f"{INDEX_FORMAT_VERSION}; {rebuild}"
-        )
-    missing = [key for key in _SIDECAR_TYPES if key not in meta]
-    if missing:
-        raise StoreError(f"index sidecar {side} lacks {', '.join(map(repr, missing))}; {rebuild}")
-    for key, kind in _SIDECAR_TYPES.items():
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise StoreError(
-                f"index sidecar {side} has {key} {meta[key]!r}, expected {kind.__name__}; {rebuild}"
-            )
-    problem = None
-    if meta["metric"] != "inner_product":
-        problem = f"metric {meta['metric']!r}, expected 'inner_product'"
-    elif not 1 <= meta["dim"] <= MAX_DIM:
-        problem = f"dim {meta['dim']!r}, expected 1..{MAX_DIM}"
-    elif meta["count"] < 0:
-        problem = f"count {meta['count']!r}, expected >= 0"
-    elif not re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]):
-        problem = f"sha256 {meta['sha256']!r}, expected 64 hex digits"
-    if problem:
-        raise StoreError(f"index sidecar {side} has {problem}; {rebuild}")
-    return IndexInfo(
-        path=path,
-        factory=meta["factory"],
-        dim=meta["dim"],
-        count=meta["count"],
-        store=meta["store"],
-        store_fingerprint=meta["store_fingerprint"],
-        sha256=meta["sha256"],
-    )
-
-
-def read_faiss_index(path: Path, info: IndexInfo) -> Any:
-    """``faiss.read_index``, its errors on a crafted or damaged file as one-line StoreErrors."""
-    import faiss
-
-    try:
-        return faiss.read_index(str(path))
-    except (RuntimeError, MemoryError) as exc:
-        # FAISS prefixes its reason with the C++ function and source line: keep the reason.
-        reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip().splitlines()[-1])
-        raise StoreError(
-            f"index {path} cannot be read by FAISS ({reason[:160]}); rebuild it with lscindex "
-            f"index {info.store}"
-        ) from None
-
-
 def index_problems(index: Any, info: IndexInfo, store: EmbeddingStore | None) -> list[str]:
     """What disagrees between a read index, its sidecar and (when given) its store.
 
@@ -359,11 +378,13 @@ def index_problems(index: Any, info: IndexInfo, store: EmbeddingStore | None) ->
             f"is a {type(index).__name__}, not an ID-mapped index whose ids are store rows"
         )
         return problems
-    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
     if len(ids) != info.count:
         problems.append(f"maps {len(ids):,} ids for {info.count:,} vectors")
         return problems
-    repeated = len(ids) - len(np.unique(ids))
+    ordered = np.sort(ids)  # one copy (np.unique makes three: this runs on every load)
+    repeated = int(np.count_nonzero(ordered[1:] == ordered[:-1]))
+    del ordered
     if repeated:
         problems.append(f"repeats {repeated:,} ids")
     if store is None:
@@ -413,6 +434,11 @@ def load_index(
             f"{info.sha256[:12]}...); rebuild it with lscindex index {info.store}"
         )
     if store is not None:
+        if info.store_fingerprint in [v.get("store_id") for v in store.header.history]:
+            raise StoreError(
+                f"index {path} is of an earlier version of store {store.path}, which has "
+                f"grown since; bring it up to date with lscindex index {store.path} --update"
+            )
         if info.store_fingerprint != store.fingerprint:
             raise StoreError(
                 f"index {path} was built from another store (fingerprint "
@@ -432,3 +458,94 @@ def load_index(
             f"with lscindex index {store.path if store is not None else info.store}"
         )
     return index, info
+
+
+def update_index(
+    path: str | os.PathLike[str],
+    store: str | os.PathLike[str] | EmbeddingStore,
+    *,
+    check: Literal["lineage", "rows"] = "lineage",
+    recall_queries: int = 1000,
+    seed: int = 0,
+    progress: IndexProgress | None = None,
+) -> IndexUpdate:
+    """Add to an index the rows its store gained since it was built, and refresh its sidecar.
+
+    Rows whose number the index does not hold yet are added (Flat, HNSW and trained IVF/PQ/SQ
+    indexes all can); an index that cannot take them (another dim, untrained) is rebuilt.
+    Recall and the default knob are measured again; the sidecar gets the new count, store
+    fingerprint and sha256 (its ``auto`` record stays the one of the first build).
+
+    Args:
+        path: the index. store: the grown store (path or opened).
+        check: how the index's rows are known to be the store's rows, unchanged:
+            ``"lineage"`` (what ``lscindex index --update`` does): the index is of this store
+            or of an earlier version of it, named in the store's ``history`` (``embed
+            --append`` keeps every row below each recorded count unchanged). ``"rows"``: the
+            index may be of another store (e.g. a superset embedded anew); every indexed row's
+            embedding, id and path are compared with that store (the one the sidecar names).
+        recall_queries, seed, progress: as for :func:`build_index`.
+
+    Returns:
+        :class:`IndexUpdate`; the index and its sidecar are written atomically.
+
+    Raises:
+        StoreError: an index of another store (or whose rows differ, with ``"rows"``), a store
+            that no longer holds the indexed rows, a damaged index or store.
+
+    Example:
+        >>> update_index("emb.faiss", "emb.zarr").added_rows  # doctest: +SKIP
+    """
+    import faiss
+
+    opened = store if isinstance(store, EmbeddingStore) else open_store(store)
+    path = Path(path)
+    index, info = load_index(path)
+    _check_same_rows(path, info, index, opened, check)
+    reason = cannot_add(index, opened)
+    if reason:  # built anew with its factory; auto chooses again, with the recorded budget
+        rebuilt = build_index(
+            opened,
+            factory="auto" if info.auto is not None else info.factory,
+            out=path,
+            max_memory_bytes=info.auto.max_memory_bytes if info.auto is not None else None,
+            recall_queries=recall_queries,
+            seed=seed,
+            progress=progress,
+        )
+        return IndexUpdate(rebuilt, added_rows=rebuilt.count, rebuilt=True, reason=reason)
+    new = readable_rows(opened)
+    new[faiss.vector_to_array(index.id_map).astype(np.int64)] = False
+    report = _add_measured(
+        index,
+        opened,
+        new,
+        factory=info.factory,
+        queries=recall_queries,
+        seed=seed,
+        progress=progress,
+    )
+    fresh = _save(
+        index, path, opened, factory=info.factory, auto=info.auto, report=report, keep=info
+    )
+    return IndexUpdate(
+        fresh, added_rows=int(np.count_nonzero(new)), rebuilt=False, advice=advice(fresh)
+    )
+
+
+def _check_same_rows(
+    path: Path, info: IndexInfo, index: Any, store: EmbeddingStore, check: str
+) -> None:
+    """Refuse an index whose rows are not known to be ``store``'s (see :func:`update_index`)."""
+    if check == "lineage":
+        check_lineage(path, info, store)
+    elif check == "rows":
+        check_rows(path, info, index, store)
+    else:
+        raise ConfigError(f"check must be 'lineage' or 'rows', got {check!r}")
+    problems = index_problems(index, info, store)
+    if problems:
+        raise StoreError(
+            f"index {path} {problems[0]}: the store no longer holds the rows it indexed; build "
+            f"a new index with lscindex index {store.path}"
+        )

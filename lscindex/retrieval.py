@@ -23,9 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lscindex._index_search import search_parameters
 from lscindex.data import list_images, read_image
 from lscindex.embedding import encode_batch
 from lscindex.errors import DataError, InputError, RunError, StoreError
+from lscindex.features import HEAD as FEATURES_HEAD
+from lscindex.features import FeatureSpec, open_features
 from lscindex.index import default_index_path, load_index, read_sidecar
 from lscindex.model import top_classes
 from lscindex.run import CONFIG, WEIGHTS, Run, open_run, recorded_stores
@@ -34,6 +37,7 @@ from lscindex.store import EmbeddingStore, open_store, read_header, store_exists
 __all__ = ["ClassMatch", "Neighbor", "QueryResult", "Retriever", "find_runs", "find_stores"]
 
 DEFAULT_BATCH_SIZE = 64
+KNN_VOTES = 10  # stored items whose labels vote for a plain timm encoder's classes
 
 
 @dataclass(frozen=True)
@@ -216,8 +220,7 @@ class Retriever:
             RunError, StoreError: nothing to choose from, several candidates, missing or damaged
             artefacts, a store of another run, an index of another store, a corrupted index.
         """
-        run_path, run_how = _choose_run(run, runs_root)
-        opened = open_run(run_path, device=device)
+        opened, run_how = _open_encoder(run, store, index, runs_root, device)
         store_path, store_how = _choose_store(opened, store, index)
         chosen: dict[str, str | None] = {"run": run_how, "store": store_how, "index": None}
         if store_path is None:
@@ -243,6 +246,7 @@ class Retriever:
     def __repr__(self) -> str:
         system = self.run.system
         head = f"{system.kind}, dim {system.dim}" if system is not None else "ce head"
+        head = f"timm features, dim {self._dim}" if self._features else head
         parts = [f"run={_shown(self.run.path)!r} ({head}, {len(self.run.class_names):,} classes)"]
         if self.store is not None:
             parts.append(f"store={_shown(self.store.path)!r} ({self.store.header.count:,} rows)")
@@ -252,8 +256,17 @@ class Retriever:
 
     @property
     def score_meaning(self) -> str:
-        """What :attr:`ClassMatch.score` is for this run: ``cosine`` or ``probability``."""
+        """What :attr:`ClassMatch.score` is: ``cosine`` (lsc), ``probability`` (ce), or
+        ``knn_vote`` (a plain timm encoder: the share of the :data:`KNN_VOTES` nearest labelled
+        stored items that hold the class)."""
+        if self._features:
+            return "knn_vote"
         return "cosine" if self.run.system is not None else "probability"
+
+    @property
+    def _features(self) -> bool:
+        """Whether the encoder is a plain timm model (classes come from stored labels)."""
+        return bool(self.run.config["model"]["head"] == FEATURES_HEAD)
 
     # -- embeddings -------------------------------------------------------------------
     def embed(self, images: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -317,13 +330,21 @@ class Retriever:
         return self._matches(self._outputs(queries), self._classes_k(k))
 
     def _classes_k(self, k: int) -> int:
-        """``k`` checked, capped at the run's class count."""
+        """``k`` checked, capped at the run's class count (a plain encoder's: at k)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
-        return min(k, len(self.run.class_names))
+        return k if self._features else min(k, len(self.run.class_names))
 
     def _matches(self, outputs: torch.Tensor, k: int) -> list[list[ClassMatch]]:
-        """The top-k :class:`ClassMatch` lists of :func:`encode` outputs (B, out_dim)."""
+        """The top-k :class:`ClassMatch` lists of :func:`encode` outputs (B, out_dim); for a
+        plain timm encoder, of its embeddings, by a vote of the nearest stored items."""
+        if self._features:
+            if self.store is None:
+                raise StoreError(
+                    f"{self.run.path} has no classes of its own: open it with its store, whose "
+                    f"labels vote (Retriever.open(store=...))"
+                )
+            return _vote(self.search(outputs.numpy(), KNN_VOTES), k)
         extra = min(k + 1, len(self.run.class_names))  # one more, for the margin of the k-th
         ids, scores, novel = top_classes(outputs, self.run.system, extra)
         names = self.run.class_names
@@ -347,7 +368,7 @@ class Retriever:
     def _outputs(self, queries: Any) -> torch.Tensor:
         """What :func:`top_classes` decodes: embeddings (lsc), which callers may pass
         themselves, or logits (ce), which need the images."""
-        if self.run.system is not None:
+        if self.run.system is not None or self._features:
             return torch.from_numpy(self._as_embeddings(queries))
         if isinstance(queries, np.ndarray | torch.Tensor):
             raise InputError(
@@ -356,24 +377,39 @@ class Retriever:
         return self._encode_all(queries, DEFAULT_BATCH_SIZE)[1]
 
     # -- stored items -----------------------------------------------------------------
-    def search(self, queries: Any, k: int = 5) -> list[list[Neighbor]]:
+    def search(
+        self,
+        queries: Any,
+        k: int = 5,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[list[Neighbor]]:
         """The k nearest stored items per query (images or (B, dim) embeddings), by cosine,
         best first; fewer than k when the index holds fewer items.
 
         Stored items are looked up by the metadata's ``row`` column (index ids are store rows).
 
+        Args:
+            nprobe: inverted lists to visit (IVF indexes), ef_search: HNSW's efSearch, for
+                this search only (passed as FAISS SearchParameters: concurrent searches with
+                other values are unaffected). None: the index's default (the sidecar's
+                ``default_nprobe`` / ``default_ef_search``, saved in the index file).
+
         Raises:
             StoreError: no store was opened, or the index returned a row the store lacks.
-            InputError: k below 1.
+            InputError: k below 1, or a knob the index does not have (nprobe of an HNSW or
+                Flat index, ef_search of an IVF or Flat one).
         """
         if self.store is None or self.index is None:
             raise StoreError("search needs a store: Retriever.open(run, store=...)")
         self._classes_k(k)  # the same check
+        params = self._search_parameters(nprobe, ef_search)
         emb = self._as_embeddings(queries)
         k = min(k, int(self.index.ntotal))
         if k == 0 or len(emb) == 0:
             return [[] for _ in range(len(emb))]
-        scores, rows = self.index.search(np.ascontiguousarray(emb), k)
+        scores, rows = self.index.search(np.ascontiguousarray(emb), k, params=params)
         wanted = np.unique(rows[rows >= 0])
         columns = ["id", "path", "label", "label_name"]
         found_meta = self.store.rows_metadata(wanted).select(columns).to_pylist()
@@ -387,9 +423,25 @@ class Retriever:
             for q in range(len(emb))
         ]
 
+    def _search_parameters(self, nprobe: int | None, ef_search: int | None) -> Any:
+        """FAISS SearchParameters for the knobs given (None without any); see :meth:`search`."""
+        if (nprobe is not None or ef_search is not None) and self.index is None:
+            raise InputError(
+                "nprobe and ef_search apply to searching a store, and no store was opened; "
+                "leave them out or open one (Retriever.open(run, store=...))"
+            )
+        factory = self.index_factory or "Flat"
+        return search_parameters(self.index, factory, nprobe=nprobe, ef_search=ef_search)
+
     # -- both, image by image ---------------------------------------------------------
     def query(
-        self, images: Any, k: int = 5, *, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        images: Any,
+        k: int = 5,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> list[QueryResult]:
         """Classes and, with a store, nearest stored items of each image, embedding each once.
 
@@ -397,6 +449,8 @@ class Retriever:
             images: as :meth:`embed` takes them (folders are expanded to their images).
             k: classes and neighbours per image (fewer when the run has fewer classes or the
                 store fewer items).
+            nprobe, ef_search: search knobs, as for :meth:`search` (checked before any image
+                is read).
 
         Returns:
             One :class:`QueryResult` per image, in input order; an image that cannot be read
@@ -404,6 +458,8 @@ class Retriever:
         """
         n_classes = self._classes_k(k)
         _check_batch_size(batch_size)
+        self._search_parameters(nprobe, ef_search)
+        knobs = {"nprobe": nprobe, "ef_search": ef_search}
         entries = _expand(images, strict=False)
         results: list[QueryResult] = []
         for batch in _batches(entries, batch_size):
@@ -414,24 +470,73 @@ class Retriever:
                     readable.append((name, _as_rgb(item)))
                 except (DataError, OSError) as exc:
                     errors[i] = str(exc)
-            found = iter(self._query_batch(readable, n_classes, k))
+            found = iter(self._query_batch(readable, n_classes, k, knobs))
             for i, (name, _) in enumerate(batch):
                 results.append(QueryResult(name, error=errors[i]) if i in errors else next(found))
         return results
 
     def _query_batch(
-        self, images: list[tuple[str, Any]], n_classes: int, k: int
+        self, images: list[tuple[str, Any]], n_classes: int, k: int, knobs: dict[str, Any]
     ) -> list[QueryResult]:
         if not images:
             return []
         embeddings, outputs = self._encode([image for _, image in images])
-        classes = self._matches(outputs, n_classes)
+        classes = self._matches(embeddings if self._features else outputs, n_classes)
         emb = embeddings.cpu().numpy()
-        neighbors = self.search(emb, k) if self.store is not None else [[] for _ in images]
+        neighbors = self.search(emb, k, **knobs) if self.store is not None else [[] for _ in images]
         return [
             QueryResult(name, cls, nb)
             for (name, _), cls, nb in zip(images, classes, neighbors, strict=True)
         ]
+
+
+def _vote(hits: list[list[Neighbor]], k: int) -> list[list[ClassMatch]]:
+    """The k classes most of each query's labelled neighbours hold (ties: the larger summed
+    cosine, then the smaller id), scored by their share of the votes."""
+    results = []
+    for found in hits:
+        votes: dict[int, tuple[int, float, str]] = {}
+        for n in found:
+            if n.label >= 0:
+                count, total, _ = votes.get(n.label, (0, 0.0, ""))
+                votes[n.label] = (count + 1, total + n.score, n.label_name or str(n.label))
+        ranked = sorted(votes.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
+        n_votes = sum(count for count, _, _ in votes.values())
+        shares = [count / n_votes for _, (count, _, _) in ranked]
+        results.append(
+            [
+                ClassMatch(
+                    label,
+                    name,
+                    shares[j],
+                    shares[j] - shares[j + 1] if j + 1 < len(shares) else None,
+                    False,
+                )
+                for j, (label, (_, _, name)) in enumerate(ranked[:k])
+            ]
+        )
+    return results
+
+
+def _open_encoder(
+    run: str | os.PathLike[str] | None,
+    store: str | os.PathLike[str] | bool | None,
+    index: str | os.PathLike[str] | None,
+    runs_root: str | os.PathLike[str],
+    device: str,
+) -> tuple[Run, str]:
+    """(the encoder, how it was chosen): the named run; else, for a store embedded by a plain
+    timm model (named, or named by the index's sidecar), that model; else the only run."""
+    named = store if isinstance(store, str | os.PathLike) else None
+    if named is None and index is not None and store is None:
+        named = read_sidecar(index).store
+    if run is None and named is not None and store_exists(named):
+        header = read_header(named)
+        if header.encoder is not None:
+            opened = open_features(FeatureSpec.from_dict(header.encoder), device=device)
+            return opened, "the store's plain timm encoder"
+    run_path, run_how = _choose_run(run, runs_root)
+    return open_run(run_path, device=device), run_how
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -87,12 +87,14 @@ def score_meaning(run: Run) -> str:
 
 def run_identity(run: Run) -> dict[str, Any]:
     """The run that answered: path, fingerprint (sha256 of its config, weights and assignment,
-    16 hex digits), head, system and dim, and class count."""
+    16 hex digits), head (``lsc``, ``ce``, or ``features`` for a plain timm encoder, whose path
+    is its name ``timm:MODEL:WEIGHTS`` and fingerprint its spec's), system and dim, and class
+    count (0 for a plain encoder)."""
     system = run.system
     return {
         "path": str(run.path),
         "fingerprint": run.fingerprint,
-        "head": "lsc" if system is not None else "ce",
+        "head": run.config["model"]["head"],
         "system": None if system is None else system.kind,
         "dim": int(run.model.embed_dim),
         "n_classes": len(run.class_names),

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lscindex._io import atomic_write_bytes
+from lscindex._io import atomic_write_bytes, refuse_url
 from lscindex.errors import StoreError
 
 __all__ = [
@@ -88,7 +88,8 @@ def metadata_table(
     Args:
         rows: (B,) store row numbers. ids, paths, labels, label_names: per row, from the inputs
             (label -1 / name None where there is none).
-        pred: (B,) int class ids. score: (B,) float cosine (ce: probability). novel: (B,) bool.
+        pred: (B,) int class ids (-1: none, as for a plain timm encoder). score: (B,) float
+            cosine (ce: probability). novel: (B,) bool.
         errors: per row, the one-line reason its image failed, or None/"" where it was embedded.
         class_names: the run's class names, indexed by ``pred``.
 
@@ -105,7 +106,9 @@ def metadata_table(
         "label": np.asarray(labels, dtype=np.int64),
         "label_name": list(label_names),
         "pred": pred,
-        "pred_name": [class_names[p] if good else None for p, good in zip(pred, ok, strict=True)],
+        "pred_name": [
+            class_names[p] if good and p >= 0 else None for p, good in zip(pred, ok, strict=True)
+        ],
         "score": np.where(ok, np.asarray(score, dtype=np.float32), np.float32("nan")),
         "novel": ok & np.asarray(novel, dtype=bool),
         "status": ["ok" if good else "error" for good in ok],
@@ -141,6 +144,8 @@ class StoreHeader:
     # "inputs_sha256"} as they were before rows were added. Rows below each count are unchanged,
     # so an index of an earlier version is brought up to date by adding the rows after it.
     history: tuple[dict[str, Any], ...] = ()
+    # A store embedded by a plain timm model (no run): its spec (lscindex.features.FeatureSpec).
+    encoder: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "history": [dict(h) for h in self.history]}
@@ -559,6 +564,7 @@ def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
         zarr_embeddings,
     )
 
+    refuse_url(path, "store")
     path = Path(path)
     if not store_exists(path):
         raise StoreError(f"store {path} does not exist; create it with lscindex embed --out {path}")

@@ -502,9 +502,11 @@ def what_is(path: str | os.PathLike[str]) -> Kind:
     Raises:
         StoreError: none of the three.
     """
+    from lscindex._io import refuse_url
     from lscindex.run import CONFIG
     from lscindex.store import _is_parquet
 
+    refuse_url(path, "path")
     path = Path(path)
     if path.is_dir() and (path / CONFIG).is_file():
         return "run"

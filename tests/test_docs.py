@@ -57,6 +57,7 @@ FAST_SCRIPTS = {
     "benchmarks/convergence_probe.py": "--epochs 1 --model test_resnet --bs 8",
     "benchmarks/convergence.py": "--model test_resnet --epochs 1 --batch-size 8 --only v21-data "
     "v21-codec ce --max-steps 2 --workers 0 --img-size 16",
+    "benchmarks/index_auto.py": "--rows 20000 --max-memory-mib 2 --queries 500 --repeats 1",
 }
 
 

@@ -502,3 +502,42 @@ def test_which_errors_are_the_users(exc: BaseException, expected: str | None) ->
         assert message is None
     else:
         assert message is not None and expected in message
+
+
+# -- URLs where a local path is needed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "url"),
+    [
+        (["embed", "DATA", "--run", "RUN", "--out"], "s3://bucket/emb.zarr"),
+        (["embed", "DATA", "--run", "RUN", "--out"], "memory://emb.parquet"),
+        (["query", "IMAGE", "--run", "RUN", "--store"], "gs://bucket/emb.zarr"),
+        (["query", "IMAGE", "--run", "RUN", "--index"], "s3://bucket/emb.faiss"),
+        (["verify"], "s3://bucket/emb.zarr"),
+    ],
+)
+def test_a_url_is_refused_and_nothing_is_written_locally(
+    command: list[str],
+    url: str,
+    tiny_run: Path,
+    hostile_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    swap = {"DATA": str(hostile_data), "RUN": str(tiny_run), "IMAGE": query_image(hostile_data)}
+    args = [swap.get(word, word) for word in command] + [url]
+    before = snapshot(tiny_run)
+    code, _, err = run_cli(args, capsys)
+    scheme = url.split(":")[0]
+    assert_one_line_error(
+        code,
+        err,
+        f"is a {scheme}:// URL",
+        "copy it to local disk",
+        before=before,
+        roots=(tiny_run,),
+    )
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/... folder

@@ -15,6 +15,7 @@ from lscindex.errors import LscIndexError
 from lscindex_cli import (
     eval_cmd,
     query_cmd,
+    serve_cmd,
     store_cmd,
     systems_cmd,
     train_cmd,
@@ -51,6 +52,7 @@ add_command(app, "plot", train_cmd.plot)
 add_command(app, "embed", store_cmd.embed)
 add_command(app, "index", store_cmd.index)
 add_command(app, "query", query_cmd.query)
+add_command(app, "serve", serve_cmd.serve)
 add_command(app, "eval", eval_cmd.eval_run)
 add_command(app, "verify", verify_cmd.verify)
 

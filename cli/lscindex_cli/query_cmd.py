@@ -36,6 +36,14 @@ def query(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = default_of(
         Retriever.query, "batch_size"
     ),
+    nprobe: Annotated[
+        int | None,
+        typer.Option(help="IVF indexes: lists to visit (default: the index's, see its sidecar)."),
+    ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(help="HNSW indexes: efSearch (default: the index's, see its sidecar)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the versioned JSON document.")
@@ -43,13 +51,14 @@ def query(
 ) -> None:
     """Top-k classes of each image and, with a store, its k nearest stored items.
 
-    Says which run, store and index answered. An unreadable image is reported and the others
-    answered; the exit status is then 1.
+    Says which run, store and index answer. Unreadable images are reported (exit status 1).
     """
     retriever = Retriever.open(
         run, store=False if no_store else store, index=index_path, device=device
     )
-    results = retriever.query([str(i) for i in images], k=k, batch_size=batch_size)
+    results = retriever.query(
+        [str(i) for i in images], k=k, batch_size=batch_size, nprobe=nprobe, ef_search=ef_search
+    )
     if not results:
         listed = ", ".join(map(str, images))
         raise DataError(f"no images found in {listed}; pass image files or folders holding images")
@@ -59,7 +68,7 @@ def query(
     elif len(failed) == len(results):  # nothing to show: the one-line error alone
         raise DataError(_failure(failed, results))
     else:
-        _print_choice(retriever)
+        print_choice(retriever)
         _print_tables(results, retriever)
     if failed:
         print_error(_failure(failed, results))
@@ -72,10 +81,15 @@ def _failure(failed: list[QueryResult], results: list[QueryResult]) -> str:
     return f"{len(failed)} of {len(results)} images could not be read (first: {failed[0].error})"
 
 
-def _print_choice(retriever: Retriever) -> None:
+def print_choice(retriever: Retriever) -> None:
     """Which run, store and index answer, and why each, on stderr."""
     chosen, run = retriever.chosen, retriever.run
     head = f"{run.system.kind}, dim {run.system.dim}" if run.system is not None else "ce head"
+    head = (
+        f"timm features, dim {run.model.embed_dim}"
+        if retriever.score_meaning == "knn_vote"
+        else head
+    )
     lines = [f"run {shown(run.path)} ({head}; {shown(chosen['run'])})"]
     if retriever.store is not None:
         st = retriever.store

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
-from lscindex.embedding import build_store
-from lscindex.index import build_index
-from lscindex_cli._common import DEVICE_CHOICES, choice_option, console, default_of, shown
+from lscindex.embedding import EmbedReport, build_store
+from lscindex.features import FeatureSpec, create_spec
+from lscindex.index import (
+    TARGET_RECALL,
+    IndexInfo,
+    build_index,
+    default_index_path,
+    update_index,
+)
+from lscindex.index_factory import FactoryChoice
+from lscindex_cli._common import (
+    DEVICE_CHOICES,
+    choice_option,
+    console,
+    default_of,
+    human_bytes,
+    shown,
+)
 from lscindex_cli._progress import LOG_INTERVAL, LogIntervalOption, Reporter
 
 
@@ -17,8 +33,24 @@ def embed(
     data: Annotated[
         list[Path], typer.Argument(help="Image files, folders (recursive) or manifests.")
     ],
-    run: Annotated[Path, typer.Option(help="Run directory made by lscindex train.")],
     out: Annotated[Path, typer.Option(help="Store: a .zarr folder or a .parquet file.")],
+    run: Annotated[Path | None, typer.Option(help="Run directory made by lscindex train.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of a run: a plain timm model, whose pooled features are stored "
+            "(with --pretrained or --checkpoint)."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained", help="--model's timm pretrained weights.")
+    ] = False,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="--model's weights: a .safetensors state_dict.")
+    ] = None,
+    img_size: Annotated[
+        int | None, typer.Option(help="--model's input side (default: its pretrained one).")
+    ] = None,
     dtype: Annotated[
         str,
         choice_option(help="Embedding dtype in the store.", choices=("float16", "float32")),
@@ -48,7 +80,8 @@ def embed(
     ] = False,
     log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
-    """Embed images with a trained run into a resumable zarr or parquet store, or append to one."""
+    """Embed images with a trained run (or a plain timm model) into a resumable zarr or parquet
+    store, or append to one."""
     with Reporter(log_interval=log_interval) as reporter:
 
         def progress(done: int, todo: int, rate: float) -> None:
@@ -58,7 +91,7 @@ def embed(
             )
 
         report = build_store(
-            run,
+            _encoder(run, model, pretrained=pretrained, checkpoint=checkpoint, img_size=img_size),
             [str(d) for d in data],
             out,
             dtype=dtype,
@@ -70,6 +103,11 @@ def embed(
             append=append,
             progress=progress,
         )
+    _print_report(report, out, append=append)
+
+
+def _print_report(report: EmbedReport, out: Path, *, append: bool) -> None:
+    """What embed did, in one line."""
     header = report.header
     held = f"; {report.skipped:,} of the images were in it already" if report.skipped else ""
     if report.already_complete:
@@ -87,17 +125,81 @@ def embed(
     )
 
 
+def _encoder(
+    run: Path | None,
+    model: str | None,
+    *,
+    pretrained: bool,
+    checkpoint: Path | None,
+    img_size: int | None,
+) -> Path | FeatureSpec:
+    """The run, or the spec of the plain timm model, that --run / --model name (one of them)."""
+    if run is not None and model is None:
+        if pretrained or checkpoint is not None or img_size is not None:
+            raise typer.BadParameter(
+                "--pretrained, --checkpoint and --img-size go with --model, not --run"
+            )
+        return run
+    if model is not None and run is None:
+        return create_spec(model, pretrained=pretrained, checkpoint=checkpoint, img_size=img_size)
+    raise typer.BadParameter(
+        "name the encoder once: --run RUN (a trained run) or --model NAME (a plain timm model, "
+        "with --pretrained or --checkpoint)"
+    )
+
+
+def _bytes_option(value: str | None) -> int | None:
+    """``2GB``, ``512MiB``, ``1.5G``, ``1000000`` -> bytes (KB, MB, GB, TB: powers of 1000;
+    KiB, MiB, GiB, TiB: of 1024; a bare number is bytes); a typo is a usage error."""
+    if value is None:
+        return None
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?)b?|b?)\s*", value, re.IGNORECASE)
+    if not found:
+        raise typer.BadParameter(f"{value!r} is not a size; write e.g. 2GB, 512MiB or 1000000")
+    number, unit, binary = found.groups()
+    scale = (1024 if binary else 1000) ** ("kmgt".index(unit.lower()) + 1) if unit else 1
+    size = int(float(number) * scale)
+    if size < 1:
+        raise typer.BadParameter(f"{value!r} is not a positive size; write e.g. 2GB or 512MiB")
+    return size
+
+
 def index(
     store: Annotated[Path, typer.Argument(help="Store made by lscindex embed.")],
     factory: Annotated[
-        str, typer.Option(help="FAISS factory: Flat, HNSW32, IVF1024,SQ8, ...")
-    ] = default_of(build_index, "factory"),
+        str | None,
+        typer.Option(
+            help=f"FAISS factory: {default_of(build_index, 'factory')} (default), HNSW32, "
+            "IVF1024,SQ8, ..., or auto: chosen from the rows, the dim and --max-memory."
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory budget of the index for --factory auto, e.g. 2GB, 512MiB.",
+            metavar="<size>",
+            callback=_bytes_option,
+        ),
+    ] = None,
+    recall_queries: Annotated[
+        int, typer.Option(help="Rows held out as recall@10 queries (at most 1/10; 0: skip).")
+    ] = default_of(build_index, "recall_queries"),
+    update: Annotated[
+        bool,
+        typer.Option(help="Add the rows the store gained (embed --append) to its index."),
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="Index path (default: beside the store).")
     ] = None,
     log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
-    """Build a FAISS index over a store, with a verified JSON sidecar."""
+    """Build a FAISS index over a store, with a verified JSON sidecar; report its recall@10."""
+    budget = cast(int | None, max_memory)  # parsed to bytes by its callback
+    if update and (factory is not None or budget is not None):
+        raise typer.BadParameter(
+            "--update keeps the index's factory; drop --factory/--max-memory, or build anew "
+            "without --update"
+        )
     with Reporter(log_interval=log_interval) as reporter:
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -105,8 +207,68 @@ def index(
             eta = None if stage == "add" else float("nan")
             reporter.update(f"index {stage}", done, total, unit="rows", eta_s=eta)
 
-        info = build_index(store, factory=factory, out=out, progress=progress)
+        if update:
+            path = out if out is not None else default_index_path(store)
+            done = update_index(path, store, recall_queries=recall_queries, progress=progress)
+            info = done.info
+        else:
+            info = build_index(
+                store,
+                factory=factory if factory is not None else default_of(build_index, "factory"),
+                out=out,
+                max_memory_bytes=budget,
+                recall_queries=recall_queries,
+                progress=progress,
+            )
+    if info.auto is not None and not update:
+        _print_choice(info.auto)
+    if not update:
+        console.print(
+            f"indexed {info.count:,} embeddings ({shown(info.factory)}, dim {info.dim}) into "
+            f"{shown(info.path)}"
+        )
+    elif done.rebuilt:
+        console.print(
+            f"rebuilt {shown(info.path)} ({shown(done.reason)}): {info.count:,} embeddings "
+            f"({shown(info.factory)}, dim {info.dim})"
+        )
+    else:
+        console.print(
+            f"added {done.added_rows:,} rows to {shown(info.path)} ({shown(info.factory)}): "
+            f"{info.count:,} embeddings"
+        )
+    _print_recall(info)
+    if update and done.advice:
+        console.print(f"[yellow]{shown(done.advice)}[/yellow]")
+
+
+def _print_choice(choice: FactoryChoice) -> None:
+    """What ``--factory auto`` considered: each candidate's estimated memory, and why."""
+    console.print(f"auto: {shown(choice.reason)}")
+    width = max(len(c.factory) for c in choice.candidates)
+    for c in choice.candidates:
+        fits = "fits" if c.fits else "over budget"
+        mark = "  <- chosen" if c.factory == choice.factory else ""
+        size = "~" + human_bytes(c.estimated_bytes)
+        console.print(f"  {shown(c.factory):<{width}}  {size:>11}  {fits}{mark}")
+
+
+def _print_recall(info: IndexInfo) -> None:
+    """recall@10 against exact search, the default knob chosen and the settings tried."""
+    if info.recall is None:
+        console.print("recall not measured (--recall-queries 0)")
+        return
+    knob = "nprobe" if info.default_nprobe is not None else "efSearch"
+    default = info.default_nprobe or info.default_ef_search
+    tried = ", ".join(f"{t.value}: {t.recall:.3f}" for t in info.tuning)
+    rule = f"the smallest reaching {TARGET_RECALL} by two standard errors"
+    setting = f" at the default {knob} {default} ({rule}; tried {tried})" if default else ""
     console.print(
-        f"indexed {info.count:,} embeddings ({shown(info.factory)}, dim {info.dim}) into "
-        f"{shown(info.path)}"
+        f"recall@{info.recall_k} {info.recall:.3f} against exact search on "
+        f"{info.recall_queries:,} held-out rows{setting or ' (exact index)'}"
     )
+    if default and info.recall < TARGET_RECALL:
+        console.print(
+            f"[yellow]below {TARGET_RECALL} at every {knob} tried: a larger --max-memory or "
+            f"another factory would find more of the true neighbours[/yellow]"
+        )

@@ -1,0 +1,107 @@
+"""`lscindex serve`."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lscindex.retrieval import Retriever
+from lscindex_cli._common import DEVICE_CHOICES, choice_option, err_console, print_error, shown
+from lscindex_cli.query_cmd import print_choice
+
+
+def serve(
+    run: Annotated[
+        Path | None, typer.Option(help="Run (default: the only run under ./runs).")
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Store to search (default: the only store embedded with the run)."),
+    ] = None,
+    no_store: Annotated[
+        bool, typer.Option("--no-store", help="Classes only: search no store.")
+    ] = False,
+    index_path: Annotated[
+        Path | None, typer.Option("--index", help="Index (default: beside the store).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")
+    ] = 8000,
+    device: Annotated[
+        str, choice_option(help="auto: CUDA when present, else the CPU.", **DEVICE_CHOICES)
+    ] = "auto",
+    max_upload_mb: Annotated[
+        float | None, typer.Option(help="Largest image upload, in MiB (default 8).")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(min=1, help="Most images in one request (default 16).")
+    ] = None,
+) -> None:
+    """Answer POST /classify and /search over HTTP with the query --json document.
+
+    Chooses the run, store and index as query does and says which on stderr.
+    GET /info says the same; GET /health answers while the server is up.
+    Ctrl-C stops it.
+    """
+    try:
+        import uvicorn
+
+        from lscindex.service import ENDPOINTS, create_app
+    except ImportError as exc:  # the optional `serve` extra
+        print_error(f"lscindex serve needs {exc.name}; pip install 'lscindex[serve]'")
+        raise typer.Exit(1) from None
+    with _listen(host, port) as sock:  # before the model loads: a taken port fails at once
+        retriever = Retriever.open(
+            run, store=False if no_store else store, index=index_path, device=device
+        )
+        print_choice(retriever)
+        limits: dict[str, Any] = {"max_upload_mb": max_upload_mb, "max_batch": max_batch}
+        app = create_app(retriever, **{k: v for k, v in limits.items() if v is not None})
+        bound = int(sock.getsockname()[1])
+        address = f"[{host}]" if ":" in host else host
+        err_console.print(
+            f"serving on http://{shown(address)}:{bound} ({', '.join(ENDPOINTS)}; Ctrl-C stops)",
+            highlight=False,
+        )
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
+            raise typer.Exit(130) from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``, or one line on stderr and exit status 1."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        print_error(
+            f"--host {host!r} cannot be resolved ({exc}); pass an address of this machine, "
+            f"such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        )
+        raise typer.Exit(1) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        fixes = {
+            errno.EADDRINUSE: "stop what listens there or pass another --port (0: any free port)",
+            errno.EADDRNOTAVAIL: "pass an address of this machine: 127.0.0.1 or 0.0.0.0",
+            errno.EACCES: "pass a --port above 1023, or run with the rights to bind below it",
+        }
+        fix = fixes.get(exc.errno or 0, "pass another --host or --port")
+        print_error(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}")
+        raise typer.Exit(1) from None
+    return sock

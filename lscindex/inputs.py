@@ -1,0 +1,115 @@
+"""What ``embed`` reads: image files, folders and manifests expanded into labelled items.
+
+An item is one row of a store: a stable id (the path relative to the folder given, a manifest's
+``id``, or the file name), the image file, and its label where the layout or manifest gives one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lscindex.data import IMAGE_EXTENSIONS, MANIFEST_SUFFIXES, list_images, read_manifest
+from lscindex.errors import DataError
+
+__all__ = ["EmbedItem", "resolve_inputs"]
+
+
+@dataclass(frozen=True)
+class EmbedItem:
+    """One input: a stable id, its file, and its label if the layout or manifest gives one."""
+
+    id: str
+    path: str
+    label: int = -1
+    label_name: str | None = None
+
+
+def resolve_inputs(
+    inputs: Sequence[str | os.PathLike[str]],
+    class_keys: Sequence[str],
+    class_names: Sequence[str] = (),
+) -> list[EmbedItem]:
+    """Expand folders (recursive), manifests and files into items, in a stable order.
+
+    Labels come from the parent folder name of an image when it names one of the run's classes
+    (ImageFolder layout, ``train/`` and ``val/`` included), or from a manifest's ``label`` column.
+    With no classes at all (a plain timm encoder) every label is taken as found: the parent folder
+    of an image in a sub-folder of an input folder, or the manifest's label, numbered in sorted
+    order.
+
+    Raises:
+        DataError: a path that does not exist, or no inputs at all.
+    """
+    if not class_keys and not class_names:
+        # Resolved against a class no folder can be named ("\0": every label -1), then labelled.
+        return _open_labels(resolve_inputs(inputs, ["\0"]), inputs)
+    lookup = {str(k): i for i, k in enumerate(class_keys)}
+    lookup.update({str(n): i for i, n in enumerate(class_names) if str(n) not in lookup})
+    names = list(class_names) or list(class_keys)
+
+    def labelled(item_id: str, path: Path, key: str | None) -> EmbedItem:
+        label = lookup.get(key, -1) if key is not None else -1
+        return EmbedItem(item_id, str(path), label, names[label] if label >= 0 else None)
+
+    items: list[EmbedItem] = []
+    for raw in inputs:
+        source = Path(raw)
+        if not source.exists():
+            raise DataError(
+                f"input {source} does not exist; pass image files, folders or manifests"
+            )
+        if source.is_dir():
+            for path in list_images(source):
+                items.append(labelled(str(path.relative_to(source)), path, path.parent.name))
+        elif source.suffix.lower() in MANIFEST_SUFFIXES:
+            items.extend(_manifest_items(source, lookup, names))
+        else:
+            items.append(labelled(source.name, source, source.parent.name))
+    if not items:
+        raise DataError(
+            f"no images found in {', '.join(map(str, inputs))} (looked for "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return items
+
+
+def _open_labels(
+    items: list[EmbedItem], inputs: Sequence[str | os.PathLike[str]]
+) -> list[EmbedItem]:
+    """``items`` (resolved with no class matching) labelled by the names found in the inputs."""
+    manifests = {str(Path(i)) for i in inputs if Path(i).suffix.lower() in MANIFEST_SUFFIXES}
+    labels = {}
+    for raw in inputs:
+        source = Path(raw)
+        if source.is_dir():  # images in a sub-folder: labelled by it
+            labels.update(
+                {str(p): p.parent.name for p in list_images(source) if p.parent != source}
+            )
+    for manifest in sorted(manifests):
+        labels.update(
+            {str(r.path): str(r.label) for r in read_manifest(manifest) if r.label is not None}
+        )
+    names = sorted(set(labels.values()))
+    number = {name: i for i, name in enumerate(names)}
+    return [
+        EmbedItem(it.id, it.path, number[labels[it.path]], labels[it.path])
+        if it.path in labels
+        else it
+        for it in items
+    ]
+
+
+def _manifest_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:
+    """Items of a manifest; an integer label is a class id of the run (-1 when out of range), any
+    other label a class key or name of the run (-1 when unknown)."""
+    items = []
+    for row in read_manifest(path):
+        if isinstance(row.label, int):
+            label = row.label if 0 <= row.label < len(names) else -1
+        else:
+            label = lookup.get(row.label, -1) if row.label is not None else -1
+        items.append(EmbedItem(row.id, row.path, label, names[label] if label >= 0 else None))
+    return items

@@ -1,0 +1,409 @@
+"""The HTTP service behind ``lscindex serve``: classify and search uploaded images.
+
+:func:`create_app` wraps an opened :class:`~lscindex.retrieval.Retriever` in a FastAPI app whose
+answers are the versioned ``query`` document of ``lscindex query --json``
+(:func:`lscindex.schema.query_document`), built by the same function from the same results:
+
+- ``GET /health``: ``{"status": "ok"}``;
+- ``GET /info``: the ``info`` document: the run, store and index that answer (the identities of
+  a ``query`` document), how each was chosen, the score meaning and the request limits;
+- ``POST /classify``: top-k classes of each uploaded image, no neighbours: the document of
+  ``lscindex query --json --no-store`` (a server without a store answers as it was opened);
+- ``POST /search``: classes and the k nearest stored items: the document of ``query --json``.
+
+Uploads are multipart form fields named ``image`` (repeatable); ``k`` is a query parameter or a
+form field (default 5). Each result's ``image`` is the upload's file name, so a file sent with its
+path as the file name gets the document ``lscindex query PATH --json`` prints. Uploads are read by
+:func:`lscindex.data.read_image_bytes`, under the rules of the CLI's reader.
+
+Status codes: 200 with the document when at least one image was read (the others are error
+entries, as in ``query --json``); every refusal is ``{"error": "<one line: the value and the
+fix>"}``: 400 a body that is not multipart, 404/405 an unknown endpoint or method, 409 ``/search``
+on a server without a store, 413 too many images or too large an upload, 422 a bad ``k``, no
+``image`` field, an unknown field or parameter, or no upload readable as an image; 500 a bug (the
+traceback goes to the server log, never into the answer).
+
+Requests are answered concurrently, but one encoder forward pass runs at a time (a lock), so an
+answer never depends on what else is being answered: it is the CLI's, bit for bit.
+
+Example:
+    >>> import uvicorn                                                    # doctest: +SKIP
+    >>> app = create_app(Retriever.open("runs/glyphs"), max_batch=8)      # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse, Response
+    from starlette.datastructures import FormData, UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.types import Message
+except ImportError as exc:  # the optional `serve` extra
+    raise ImportError(
+        f"lscindex.service needs {exc.name}, which is not installed; pip install 'lscindex[serve]'"
+    ) from exc
+
+from lscindex import __version__
+from lscindex.data import read_image_bytes
+from lscindex.errors import DataError, InputError, LscIndexError
+from lscindex.retrieval import DEFAULT_BATCH_SIZE, QueryResult, Retriever
+from lscindex.schema import document, query_document, to_json
+
+__all__ = ["DEFAULT_K", "ENDPOINTS", "create_app"]
+
+DEFAULT_K: int = inspect.signature(Retriever.query).parameters["k"].default
+ENDPOINTS = ("GET /health", "GET /info", "POST /classify", "POST /search")
+_MIB = 1024 * 1024
+_FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and the k field, beyond the images
+_FIELDS = ("image", "k")
+_SUMMARY = "Classify and search images with a trained run, its store and index."
+
+
+class _RequestError(InputError):
+    """A request refused with ``status_code`` and a one-line message."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one request may hold: ``max_batch`` images of at most ``upload_bytes`` each."""
+
+    max_upload_mb: float
+    max_batch: int
+
+    @property
+    def upload_bytes(self) -> int:
+        return int(self.max_upload_mb * _MIB)
+
+    @property
+    def request_bytes(self) -> int:
+        return self.max_batch * self.upload_bytes + _FORM_OVERHEAD_BYTES
+
+
+def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: int = 16) -> FastAPI:
+    """A FastAPI app answering ``/health``, ``/info``, ``/classify`` and ``/search`` with
+    ``retriever`` (see the module docstring for the endpoints and status codes).
+
+    Args:
+        retriever: an opened retriever; ``/search`` needs its store.
+        max_upload_mb: the largest image upload, in MiB (2**20 bytes); larger ones get 413.
+        max_batch: the most images in one request; more get 413.
+
+    Raises:
+        InputError: a limit that is not a positive number (``max_batch``: integer).
+
+    Example:
+        >>> app = create_app(Retriever.open("runs/glyphs", store="emb.zarr"))  # doctest: +SKIP
+    """
+    limits = _checked_limits(max_upload_mb, max_batch)
+    lock = threading.Lock()  # one forward pass at a time: answers independent of concurrency
+    classes_only = retriever
+    if retriever.store is not None:  # the retriever `query --no-store` opens
+        chosen = {"run": retriever.chosen["run"], "store": "none asked for", "index": None}
+        classes_only = Retriever(retriever.run, chosen=chosen)
+    info = _info_document(retriever, limits)
+    app = FastAPI(title="lscindex", version=__version__, summary=_SUMMARY)
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Whether the server answers."""
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info_endpoint() -> Response:
+        """The run, store and index that answer, how each was chosen, and the limits."""
+        return _json_response(info)
+
+    @app.post("/classify", openapi_extra=_upload_openapi())
+    async def classify(request: Request) -> Response:
+        """Top-k classes of each uploaded image: the document of ``query --json --no-store``."""
+        return await _answer(request, classes_only, limits, lock)
+
+    @app.post("/search", openapi_extra=_upload_openapi())
+    async def search(request: Request) -> Response:
+        """Top-k classes and k nearest stored items of each image: ``query --json``."""
+        if retriever.store is None:
+            raise _RequestError(
+                409,
+                f"this server searches no store ({retriever.chosen['store']}); POST /classify "
+                f"for classes only, or restart lscindex serve with --store STORE",
+            )
+        return await _answer(request, retriever, limits, lock)
+
+    return app
+
+
+def _checked_limits(max_upload_mb: float, max_batch: int) -> _Limits:
+    """The limits of :func:`create_app`, refused (InputError) unless positive numbers."""
+    if (
+        isinstance(max_upload_mb, bool)
+        or not isinstance(max_upload_mb, int | float)
+        or not math.isfinite(max_upload_mb)
+        or max_upload_mb * _MIB < 1
+    ):
+        raise InputError(
+            f"max_upload_mb must be a positive number of MiB, got {max_upload_mb!r}; "
+            f"pass e.g. 8 (--max-upload-mb 8)"
+        )
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise InputError(
+            f"max_batch must be a positive integer, got {max_batch!r}; pass e.g. 16 "
+            f"(--max-batch 16)"
+        )
+    return _Limits(float(max_upload_mb), max_batch)
+
+
+def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
+    """The ``info`` document: the identity fields of a ``query`` document of ``retriever``, so
+    both always agree, and the request limits."""
+    answered = query_document(retriever, [], k=DEFAULT_K)
+    identity = ("run", "store", "index", "chosen", "score_meaning")
+    return document(
+        "info",
+        **{key: answered[key] for key in identity},
+        lscindex_version=__version__,
+        endpoints=list(ENDPOINTS),
+        limits={
+            "max_upload_mb": limits.max_upload_mb,
+            "max_batch": limits.max_batch,
+            "default_k": DEFAULT_K,
+        },
+    )
+
+
+async def _answer(
+    request: Request, retriever: Retriever, limits: _Limits, lock: threading.Lock
+) -> Response:
+    """Read the uploads and ``k`` of ``request`` and answer them with ``retriever``."""
+    unknown = [key for key in request.query_params if key != "k"]
+    if unknown:
+        raise _RequestError(
+            422, f"unknown query parameter {unknown[0]!r}; the only one is k (e.g. ?k=5)"
+        )
+    form = await _read_form(request, limits)
+    try:
+        k = _parse_k([*request.query_params.getlist("k"), *form.getlist("k")])
+        uploads = await _uploads(form, limits)
+    finally:
+        await form.close()  # the spooled upload files
+    results = await run_in_threadpool(_query, retriever, uploads, k, lock)
+    failed = [r for r in results if r.error is not None]
+    if len(failed) == len(results):
+        first = str(failed[0].error)
+        many = f"none of the {len(results)} images could be read (first: {first})"
+        raise _RequestError(422, first if len(results) == 1 else many)
+    return _json_response(query_document(retriever, results, k=k))
+
+
+def _query(
+    retriever: Retriever, uploads: Sequence[tuple[str, bytes]], k: int, lock: threading.Lock
+) -> list[QueryResult]:
+    """:meth:`Retriever.query` of decoded uploads, named by their file names.
+
+    Uploads go through the encoder in the batches ``lscindex query`` forms from the same list
+    of files (unreadable ones count in a batch, then drop out), so the floats are the CLI's.
+    """
+    results: list[QueryResult] = []
+    for start in range(0, len(uploads), DEFAULT_BATCH_SIZE):
+        batch = uploads[start : start + DEFAULT_BATCH_SIZE]
+        images: list[Any] = []
+        errors: dict[int, str] = {}
+        for i, (name, data) in enumerate(batch):
+            try:
+                images.append(read_image_bytes(data, name))
+            except DataError as exc:
+                errors[i] = str(exc)
+        with lock:
+            answered = iter(retriever.query(images, k=k) if images else [])
+        for i, (name, _) in enumerate(batch):
+            found = QueryResult(name, error=errors[i]) if i in errors else next(answered)
+            results.append(dataclasses.replace(found, image=name))
+    return results
+
+
+def _parse_k(values: list[Any]) -> int:
+    """``k`` from the query string and the form (at most once), default :data:`DEFAULT_K`."""
+    if not values:
+        return DEFAULT_K
+    if len(values) > 1:
+        given = ", ".join(repr(v) if isinstance(v, str) else "a file" for v in values)
+        raise _RequestError(
+            422, f"k given {len(values)} times ({given}); give it once, as ?k=5 or -F k=5"
+        )
+    text = values[0]
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,18}", text) or int(text) < 1:
+        shown = repr(text) if isinstance(text, str) else "a file"
+        raise _RequestError(422, f"k must be a positive integer, got {shown}; pass e.g. ?k=5")
+    return int(text)
+
+
+async def _read_form(request: Request, limits: _Limits) -> FormData:
+    """The multipart form of ``request``, its body refused (413) past the request limit."""
+    try:
+        return await _limited(request, limits.request_bytes).form(
+            max_files=limits.max_batch + 1, max_fields=len(_FIELDS) + 8
+        )
+    except HTTPException as exc:  # starlette's refusals of the multipart body
+        if str(exc.detail).startswith("Too many files"):
+            raise _too_many(limits) from None
+        raise _RequestError(
+            400,
+            f"the request body is not valid multipart form data ({exc.detail}); send each "
+            f"image as a form field named image (curl -F image=@PATH URL)",
+        ) from None
+
+
+def _limited(request: Request, max_bytes: int) -> Request:
+    """``request`` whose body is refused with 413 past ``max_bytes``, declared or streamed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(f"the request declares {int(declared):,} bytes", max_bytes)
+    receive, seen = request.receive, 0
+
+    async def limited_receive() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > max_bytes:
+            raise _too_large(f"the request body passed {max_bytes:,} bytes", max_bytes)
+        return message
+
+    return Request(request.scope, limited_receive)
+
+
+def _too_large(what: str, max_bytes: int) -> _RequestError:
+    """413: ``what`` (the body's size) is over the request limit."""
+    return _RequestError(
+        413,
+        f"{what}, over this server's limit of {max_bytes:,} bytes (--max-batch images of "
+        f"--max-upload-mb each); send fewer or smaller images per request",
+    )
+
+
+def _too_many(limits: _Limits) -> _RequestError:
+    """413: more images than ``max_batch``."""
+    return _RequestError(
+        413,
+        f"more than {limits.max_batch} images in one request, this server's --max-batch; send "
+        f"at most {limits.max_batch} per request",
+    )
+
+
+async def _uploads(form: FormData, limits: _Limits) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each ``image`` upload, in order; refuses what is not one."""
+    unknown = [key for key in form if key not in _FIELDS]
+    if unknown:
+        raise _RequestError(
+            422,
+            f"unknown form field {unknown[0]!r}; send each image as a field named image "
+            f"(curl -F image=@PATH) and k as ?k=5 or -F k=5",
+        )
+    items = form.getlist("image")
+    if not items:
+        raise _RequestError(
+            422,
+            "no image uploaded; send each image as a multipart form field named image "
+            "(curl -F image=@PATH URL)",
+        )
+    if len(items) > limits.max_batch:
+        raise _too_many(limits)
+    uploads = []
+    for i, item in enumerate(items):
+        if not isinstance(item, UploadFile):
+            raise _RequestError(
+                422,
+                f"form field image #{i + 1} is text, not a file; upload the file itself "
+                f"(curl -F image=@PATH: the @ sends the file)",
+            )
+        name = item.filename or f"<image {i}>"
+        data = await item.read()
+        if len(data) > limits.upload_bytes:
+            raise _RequestError(
+                413,
+                f"{name} is {len(data):,} bytes, over this server's limit of "
+                f"{limits.upload_bytes:,} per image (--max-upload-mb {limits.max_upload_mb:g}); "
+                f"send a smaller image",
+            )
+        uploads.append((name, data))
+    return uploads
+
+
+def _json_response(data: Any) -> Response:
+    """``data`` as the CLI prints it: strict JSON (no NaN), indented, newline-terminated."""
+    return Response(to_json(data) + "\n", media_type="application/json")
+
+
+def _error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """``{"error": message}`` with line breaks escaped: one line, whatever the message held."""
+    one_line = message.strip().replace("\r", "\\r").replace("\n", "\\n")
+    return JSONResponse({"error": one_line}, status_code=status_code, headers=dict(headers or {}))
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal as ``{"error": ...}``: lscindex errors 4xx, starlette's 404/405 with the
+    endpoints, anything else 500 with one line (the traceback goes to the server log)."""
+
+    @app.exception_handler(LscIndexError)
+    async def refused(request: Request, exc: LscIndexError) -> Response:
+        return _error(getattr(exc, "status_code", 422), str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def no_route(request: Request, exc: HTTPException) -> Response:
+        where = f"{request.method} {request.url.path}"
+        return _error(
+            exc.status_code,
+            f"{str(exc.detail).lower()}: {where}; the endpoints are {', '.join(ENDPOINTS)}",
+            exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return _error(
+            500,
+            f"internal error answering {request.method} {request.url.path} "
+            f"({type(exc).__name__}: {first}); the server log has the traceback: please report it",
+        )
+
+
+def _upload_openapi() -> dict[str, Any]:
+    """The OpenAPI description of an upload endpoint (its body is parsed by hand, to refuse
+    with one-line errors, so FastAPI cannot infer it)."""
+    k = {"type": "integer", "minimum": 1, "default": DEFAULT_K}
+    return {
+        "parameters": [{"name": "k", "in": "query", "required": False, "schema": k}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {
+                            "image": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            },
+                            "k": k,
+                        },
+                    }
+                }
+            },
+        },
+    }
