@@ -208,21 +208,38 @@ def build_store(
         if existing is not None:
             return _append(opened, final, items, existing, batch_size, workers, progress, started)
         planned = _plan_header(opened, items, dtype=dtype, chunk_rows=chunk_rows)
-        # --overwrite builds the new store beside the old one and swaps them only when it is
-        # complete, so an interrupted or failed overwrite leaves the existing store intact.
-        scratch = overwrite and _existing_store(final) is not None
-        if here.world > 1:
-            dist.barrier()  # every rank has looked at ``final`` before rank 0 writes there
-        path = _scratch_path(final) if scratch else final
-        writer = _open_or_resume(path, planned, scratch=scratch, here=here)
-        if writer.header.complete:
-            swapped = scratch and here.rank == 0 and _swap_finished(opened, writer, final)
-            seconds = time.perf_counter() - started
-            return EmbedReport(final, writer.header, 0, 0, not swapped, seconds)
-        mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
-        batches = _plan_batches(writer.header, mine, batch_size)
-        done, errors = _write_rows(opened, items, writer, batches, workers, progress)
-        header = _publish(opened, writer, final, here)
+        return _embed(
+            opened, final, items, planned, overwrite, batch_size, workers, progress, started
+        )
+
+
+def _embed(
+    run: Run,
+    final: Path,
+    items: list[EmbedItem],
+    planned: StoreHeader,
+    overwrite: bool,
+    batch_size: int,
+    workers: int,
+    progress: Callable[[int, int, float], None] | None,
+    started: float,
+) -> EmbedReport:
+    """Write (or resume, or overwrite) the store of ``items`` at ``final``; see build_store."""
+    here = ranks()
+    # --overwrite builds the new store beside the old one and swaps them only when it is
+    # complete, so an interrupted or failed overwrite leaves the existing store intact.
+    scratch = overwrite and _existing_store(final) is not None
+    if here.world > 1:
+        dist.barrier()  # every rank has looked at ``final`` before rank 0 writes there
+    path = _scratch_path(final) if scratch else final
+    writer = _open_or_resume(path, planned, scratch=scratch, here=here)
+    if writer.header.complete:
+        swapped = scratch and here.rank == 0 and _swap_finished(run, writer, final)
+        return EmbedReport(final, writer.header, 0, 0, not swapped, time.perf_counter() - started)
+    mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
+    batches = _plan_batches(writer.header, mine, batch_size)
+    done, errors = _write_rows(run, items, writer, batches, workers, progress)
+    header = _publish(run, writer, final, here)
     return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
 
 

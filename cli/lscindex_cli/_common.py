@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -230,3 +231,19 @@ def choice_option(
 
     shown = metavar or f"<{'|'.join([*names(), *patterns])}>"
     return typer.Option(*decls, help=help, metavar=shown, callback=check, autocompletion=complete)
+
+
+# -- the run, store and index of query and serve (chosen by Retriever.open) ---------------------
+RunChoice = Annotated[
+    Path | None, typer.Option("--run", help="Run (default: the only run under ./runs).")
+]
+StoreChoice = Annotated[
+    Path | None,
+    typer.Option(
+        "--store", help="Store to search (default: the only store embedded with the run)."
+    ),
+]
+NoStoreFlag = Annotated[bool, typer.Option("--no-store", help="Classes only: search no store.")]
+IndexChoice = Annotated[
+    Path | None, typer.Option("--index", help="Index (default: beside the store).")
+]

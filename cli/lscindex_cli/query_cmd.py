@@ -12,24 +12,25 @@ from rich.table import Table
 from lscindex.errors import DataError
 from lscindex.retrieval import QueryResult, Retriever
 from lscindex.schema import query_document, to_json
-from lscindex_cli._common import console, default_of, err_console, print_error, shown
+from lscindex_cli._common import (
+    IndexChoice,
+    NoStoreFlag,
+    RunChoice,
+    StoreChoice,
+    console,
+    default_of,
+    err_console,
+    print_error,
+    shown,
+)
 
 
 def query(
     images: Annotated[list[Path], typer.Argument(help="Query images or folders (recursive).")],
-    run: Annotated[
-        Path | None, typer.Option(help="Run (default: the only run under ./runs).")
-    ] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option(help="Store to search (default: the only store embedded with the run)."),
-    ] = None,
-    no_store: Annotated[
-        bool, typer.Option("--no-store", help="Classes only: search no store.")
-    ] = False,
-    index_path: Annotated[
-        Path | None, typer.Option("--index", help="Index (default: beside the store).")
-    ] = None,
+    run: RunChoice = None,
+    store: StoreChoice = None,
+    no_store: NoStoreFlag = False,
+    index_path: IndexChoice = None,
     k: Annotated[int, typer.Option("-k", help="Classes and neighbours per image.")] = default_of(
         Retriever.query, "k"
     ),

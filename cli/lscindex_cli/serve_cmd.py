@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import errno
 import socket
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lscindex.retrieval import Retriever
-from lscindex_cli._common import DEVICE_CHOICES, choice_option, err_console, print_error, shown
+from lscindex_cli._common import (
+    DEVICE_CHOICES,
+    IndexChoice,
+    NoStoreFlag,
+    RunChoice,
+    StoreChoice,
+    choice_option,
+    err_console,
+    print_error,
+    shown,
+)
 from lscindex_cli.query_cmd import print_choice
 
 
 def serve(
-    run: Annotated[
-        Path | None, typer.Option(help="Run (default: the only run under ./runs).")
-    ] = None,
-    store: Annotated[
-        Path | None,
-        typer.Option(help="Store to search (default: the only store embedded with the run)."),
-    ] = None,
-    no_store: Annotated[
-        bool, typer.Option("--no-store", help="Classes only: search no store.")
-    ] = False,
-    index_path: Annotated[
-        Path | None, typer.Option("--index", help="Index (default: beside the store).")
-    ] = None,
+    run: RunChoice = None,
+    store: StoreChoice = None,
+    no_store: NoStoreFlag = False,
+    index_path: IndexChoice = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
