@@ -8,7 +8,8 @@ answers are the versioned ``query`` document of ``lscindex query --json``
 - ``GET /info``: the ``info`` document: the run, store and index that answer (the identities of
   a ``query`` document), how each was chosen, the score meaning and the request limits;
 - ``POST /classify``: top-k classes of each uploaded image, no neighbours: the document of
-  ``lscindex query --json --no-store`` (a server without a store answers as it was opened);
+  ``lscindex query --json --no-store`` (a server without a store answers as it was opened, and
+  one on a plain timm encoder's store as ``/search``: its classes are a vote of stored items);
 - ``POST /search``: classes and the k nearest stored items: the document of ``query --json``.
 
 Uploads are multipart form fields named ``image`` (repeatable); ``k`` is a query parameter or a
@@ -113,7 +114,8 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: i
     limits = _checked_limits(max_upload_mb, max_batch)
     lock = threading.Lock()  # one forward pass at a time: answers independent of concurrency
     classes_only = retriever
-    if retriever.store is not None:  # the retriever `query --no-store` opens
+    # The retriever `query --no-store` opens; a plain timm encoder's classes come from its store.
+    if retriever.store is not None and retriever.score_meaning != "knn_vote":
         chosen = {"run": retriever.chosen["run"], "store": "none asked for", "index": None}
         classes_only = Retriever(retriever.run, chosen=chosen)
     info = _info_document(retriever, limits)

@@ -170,3 +170,23 @@ def test_a_changed_or_foreign_checkpoint_is_refused(
     save_file(timm.create_model("resnet10t", num_classes=0).state_dict(), str(other))
     with pytest.raises(ConfigError, match=r"does not fit timm's 'test_resnet'"):
         open_features(create_spec("test_resnet", checkpoint=other))
+
+
+def test_a_served_plain_encoder_classifies_by_its_store(
+    features_store: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from lscindex.schema import query_document, to_json
+    from lscindex.service import create_app
+
+    r = Retriever.open(store=features_store, runs_root=tmp_path / "no-runs")
+    image = sorted((image_folder / "val").rglob("*.png"))[0]
+    with TestClient(create_app(r)) as client:
+        answer = client.post(
+            "/classify?k=2", files={"image": (str(image), image.read_bytes(), "image/png")}
+        )
+    assert answer.status_code == 200, answer.text
+    doc = strict_json(answer.text)
+    assert doc == strict_json(to_json(query_document(r, r.query([str(image)], k=2), k=2)))
+    assert doc["score_meaning"] == "knn_vote" and len(doc["results"][0]["classes"]) == 2
