@@ -12,30 +12,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from lscindex._location import Location, read_parquet
 from lscindex.errors import StoreError
 from lscindex.store import StoreHeader, new_store_id
 
 __all__ = ["AppendedRows", "append_header", "chained_sha256", "check_resumed", "new_items"]
 
 
-def _stored_ids(path: Path, first: int) -> dict[str, str]:
+def _stored_ids(path: Location, first: int) -> dict[str, str]:
     """id -> path of the store's rows below ``first`` (the rows from before the append)."""
-    parts = sorted((path / "metadata").glob("part-*.parquet"))
+    parts: list[Location] = list((path / "metadata").glob("part-*.parquet"))
+    parts.sort(key=lambda p: p.name)
     if not parts:
         return {}
-    table = pa.concat_tables(pq.read_table(p, columns=["row", "id", "path"]) for p in parts)
+    table = pa.concat_tables(read_parquet(p, columns=["row", "id", "path"]) for p in parts)
     table = table.filter(pc.less(table.column("row"), first))
     return dict(zip(table.column("id").to_pylist(), table.column("path").to_pylist(), strict=True))
 
 
-def new_items(path: Path, header: StoreHeader, items: Sequence[Any]) -> tuple[list[Any], int]:
+def new_items(path: Location, header: StoreHeader, items: Sequence[Any]) -> tuple[list[Any], int]:
     """(items the store does not hold yet, how many it holds already), in input order.
 
     An item whose id the store holds for the same path is skipped (embedded before); for
@@ -84,7 +84,7 @@ def append_header(header: StoreHeader, n_new: int, items_sha256: str) -> StoreHe
     )
 
 
-def check_resumed(path: Path, header: StoreHeader, n_new: int, items_sha256: str) -> None:
+def check_resumed(path: Location, header: StoreHeader, n_new: int, items_sha256: str) -> None:
     """Refuse to resume an unfinished append with other inputs than the ones it started with.
 
     Raises:

@@ -9,15 +9,13 @@ optional, so sidecars written before them still load.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lscindex._index_search import RecallTrial
-from lscindex._io import refuse_url
+from lscindex._location import Location, PathOrUrl, RemotePath, as_location
 from lscindex.errors import StoreError
 from lscindex.index_factory import FactoryChoice
 
@@ -132,7 +130,7 @@ class IndexInfo:
         tuning: every setting tried for it, in order. auto: why ``factory="auto"`` chose it.
     """
 
-    path: Path
+    path: Location
     factory: str
     dim: int
     count: int
@@ -170,12 +168,12 @@ class IndexInfo:
         return data
 
 
-def sidecar_path(path: Path) -> Path:
+def sidecar_path(path: Location) -> Location:
     """``emb.faiss`` -> ``emb.faiss.json``."""
     return path.with_name(path.name + ".json")
 
 
-def read_sidecar(path: str | os.PathLike[str]) -> IndexInfo:
+def read_sidecar(path: PathOrUrl) -> IndexInfo:
     """The sidecar of index ``path``, every key's type and range checked (the index is not read).
 
     ``sha256`` is what the sidecar records, not yet compared with the file.
@@ -184,8 +182,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> IndexInfo:
         StoreError: no index or sidecar, a sidecar that is not JSON, of another format version,
             or with a missing, mistyped or out-of-range key.
     """
-    refuse_url(path, "index")
-    path = Path(path)
+    path = as_location(path, "index")
     side = sidecar_path(path)
     if not path.is_file():
         raise StoreError(f"index {path} does not exist; build it with lscindex index STORE")
@@ -243,11 +240,15 @@ def read_sidecar(path: str | os.PathLike[str]) -> IndexInfo:
     )
 
 
-def read_faiss_index(path: Path, info: IndexInfo) -> Any:
-    """``faiss.read_index``, its errors on a crafted or damaged file as one-line StoreErrors."""
+def read_faiss_index(path: Location, info: IndexInfo) -> Any:
+    """``faiss.read_index`` (a remote index is downloaded into memory and deserialised), its
+    errors on a crafted or damaged file as one-line StoreErrors."""
     import faiss
+    import numpy as np
 
     try:
+        if isinstance(path, RemotePath):
+            return faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
         return faiss.read_index(str(path))
     except (RuntimeError, MemoryError) as exc:
         # FAISS prefixes its reason with the C++ function and source line: keep the reason.

@@ -8,13 +8,13 @@ Then whether the index can take rows at all, and whether ``auto`` would now choo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
 from lscindex._index_sidecar import IndexInfo
+from lscindex._location import Location, as_location
 from lscindex.errors import ConfigError, StoreError
 from lscindex.index_factory import choose_factory
 from lscindex.store import EmbeddingStore, open_store, store_exists
@@ -22,7 +22,7 @@ from lscindex.store import EmbeddingStore, open_store, store_exists
 __all__ = ["advice", "cannot_add", "check_lineage", "check_rows"]
 
 
-def check_lineage(path: Path, info: IndexInfo, store: EmbeddingStore) -> None:
+def check_lineage(path: Location, info: IndexInfo, store: EmbeddingStore) -> None:
     """Refuse an index that is not of ``store`` nor of an earlier version in its history."""
     versions = [v.get("store_id") for v in store.header.history]
     if info.store_fingerprint != store.fingerprint and info.store_fingerprint not in versions:
@@ -33,7 +33,7 @@ def check_lineage(path: Path, info: IndexInfo, store: EmbeddingStore) -> None:
         )
 
 
-def check_rows(path: Path, info: IndexInfo, index: Any, store: EmbeddingStore) -> None:
+def check_rows(path: Location, info: IndexInfo, index: Any, store: EmbeddingStore) -> None:
     """Refuse unless every row the index holds is, in ``store``, the row it was built from:
     same embedding (bit for bit, as float32), id and path as in the store the sidecar names."""
     import faiss
@@ -41,7 +41,7 @@ def check_rows(path: Path, info: IndexInfo, index: Any, store: EmbeddingStore) -
     if info.store_fingerprint == store.fingerprint:
         return  # the very store the index was built from
     fix = f"build a new index with lscindex index {store.path}"
-    old_path = Path(info.store)
+    old_path = as_location(info.store, "store")
     if not store_exists(old_path):
         raise StoreError(
             f"cannot compare the rows of index {path} with store {store.path}: the store it "

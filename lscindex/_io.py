@@ -11,7 +11,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -31,32 +30,9 @@ __all__ = [
     "file_sha256",
     "fsync_dir",
     "public_dir_mode",
-    "refuse_url",
     "swap_dir",
     "writer_lock",
 ]
-
-
-# "s3://bucket/x" (or "s3:/bucket/x", once pathlib has collapsed the double slash)
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
-
-
-def refuse_url(path: str | os.PathLike[str], what: str) -> None:
-    """Refuse a URL (``s3://``, ``gs://``, ``memory://``, ...) where a local path is needed,
-    before anything is written: stores and indexes live on local (or mounted) file systems.
-
-    Raises:
-        StoreError: naming the URL and what to do instead.
-    """
-    text = os.fspath(path)
-    found = _URL.match(text)
-    if found and len(found.group(1)) > 1:  # "C:/..." is a Windows drive, not a URL
-        raise StoreError(
-            f"{what} {text} is a {found.group(1)}:// URL; this version of lscindex reads and "
-            f"writes stores and indexes on local or mounted file systems only: copy it to "
-            f"local disk (e.g. aws s3 sync) or mount the bucket (e.g. s3fs, gcsfuse) and pass "
-            f"that path"
-        )
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

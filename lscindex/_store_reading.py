@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lscindex._location import Location, RemotePath, open_input, read_parquet, zarr_store
 from lscindex.errors import StoreError
 from lscindex.store import (
     ATTRS_KEY,
@@ -36,9 +36,10 @@ __all__ = [
     "check_metadata",
     "checked_header",
     "checked_history",
-    "chunk_file",
     "chunk_file_problems",
+    "chunk_key",
     "chunk_nbytes",
+    "chunk_sizes",
     "metadata_schema_problem",
     "missing_parts",
     "ok_rows",
@@ -64,7 +65,7 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def checked_header(raw: Any, path: Path) -> StoreHeader:
+def checked_header(raw: Any, path: Location) -> StoreHeader:
     """A :class:`StoreHeader` from raw attributes, every key's type and range checked.
 
     Raises:
@@ -195,18 +196,16 @@ def metadata_schema_problem(metadata: pa.Table) -> str | None:
     return None
 
 
-def missing_parts(path: Path, header: StoreHeader) -> tuple[int, list[int]]:
+def missing_parts(path: Location, header: StoreHeader) -> tuple[int, list[int]]:
     """How many metadata parts of a zarr store are missing, and the first few chunk numbers.
 
     Costs one folder listing, whatever ``header.n_chunks`` claims.
     """
-    parts = path / "metadata"
     found = set()
-    if parts.is_dir():
-        for entry in os.scandir(parts):
-            match = re.fullmatch(r"part-(\d+)\.parquet", entry.name)
-            if match and int(match.group(1)) < header.n_chunks:
-                found.add(int(match.group(1)))
+    for name in _names(path / "metadata"):
+        match = re.fullmatch(r"part-(\d+)\.parquet", name)
+        if match and int(match.group(1)) < header.n_chunks:
+            found.add(int(match.group(1)))
     n_missing = header.n_chunks - len(found)
     first: list[int] = []
     chunk = 0
@@ -217,7 +216,16 @@ def missing_parts(path: Path, header: StoreHeader) -> tuple[int, list[int]]:
     return n_missing, first
 
 
-def zarr_embeddings(path: Path, header: StoreHeader) -> Any:
+def _names(folder: Location) -> list[str]:
+    """The names of the entries directly inside ``folder`` (none when it is missing)."""
+    if isinstance(folder, RemotePath):
+        return [name for name in folder.sizes() if "/" not in name]
+    if not folder.is_dir():
+        return []
+    return [entry.name for entry in os.scandir(folder)]
+
+
+def zarr_embeddings(path: Location, header: StoreHeader) -> Any:
     """The embeddings array of a zarr store, its shape, chunks and dtype checked (nothing read).
 
     Raises:
@@ -227,7 +235,7 @@ def zarr_embeddings(path: Path, header: StoreHeader) -> Any:
 
     hint = _reembed_hint(path, header.run)
     try:
-        array = zarr.open_array(str(path / "embeddings"), mode="r")
+        array = zarr.open_array(zarr_store(path / "embeddings", read_only=True), mode="r")
         layout = (tuple(array.shape), tuple(array.chunks), str(array.dtype))
     except Exception as exc:  # any damage to the array's zarr.json
         raise StoreError(
@@ -251,9 +259,25 @@ def zarr_embeddings(path: Path, header: StoreHeader) -> Any:
     return array
 
 
-def chunk_file(path: Path, array: Any, chunk: int) -> Path:
-    """Where zarr keeps chunk ``chunk`` (rows ``chunk * chunk_rows ...``) of the embeddings."""
-    return path / "embeddings" / array.metadata.encode_chunk_key((chunk, 0))
+def chunk_key(array: Any, chunk: int) -> str:
+    """Where zarr keeps chunk ``chunk`` (rows ``chunk * chunk_rows ...``) of the embeddings,
+    relative to the store (``embeddings/c/3/0``)."""
+    return f"embeddings/{array.metadata.encode_chunk_key((chunk, 0))}"
+
+
+def chunk_sizes(path: Location, array: Any, header: StoreHeader) -> list[int | None]:
+    """The size in bytes of each chunk's file (None: missing). Local stores cost one ``stat``
+    per chunk; remote ones one listing."""
+    if isinstance(path, RemotePath):
+        listing = path.sizes()
+        return [listing.get(chunk_key(array, c)) for c in range(header.n_chunks)]
+    sizes: list[int | None] = []
+    for chunk in range(header.n_chunks):
+        try:
+            sizes.append(os.stat(path / chunk_key(array, chunk)).st_size)
+        except FileNotFoundError:
+            sizes.append(None)
+    return sizes
 
 
 def chunk_nbytes(header: StoreHeader) -> int:
@@ -262,36 +286,36 @@ def chunk_nbytes(header: StoreHeader) -> int:
 
 
 def chunk_file_problems(
-    path: Path, header: StoreHeader, array: Any, good: np.ndarray | None
+    path: Location, header: StoreHeader, array: Any, good: np.ndarray | None
 ) -> list[tuple[int, str]]:
     """(chunk, one line) for each chunk of a zarr store whose file is missing or of wrong size.
 
     zarr leaves a chunk that is all fill value (NaN) unwritten, so a chunk whose every row
     failed (``good``: (count,) bool by row; None counts every row as embedded) may lack its
     file; any other chunk may not, or its embedded rows would read as NaN. Costs one ``stat``
-    per chunk.
+    per chunk (one listing for a remote store).
     """
     nbytes = chunk_nbytes(header)
     problems = []
-    for chunk in range(header.n_chunks):
+    for chunk, size in enumerate(chunk_sizes(path, array, header)):
         start, stop = header.chunk_range(chunk)
-        file = chunk_file(path, array, chunk)
+        file = chunk_key(array, chunk)
         rows = f"rows {start}..{stop - 1}"
-        if not file.is_file():
+        if size is None:
             if good is None or good[start:stop].any():
-                problems.append((chunk, f"chunk file {file.relative_to(path)} ({rows}) is missing"))
-        elif file.stat().st_size != nbytes:
+                problems.append((chunk, f"chunk file {file} ({rows}) is missing"))
+        elif size != nbytes:
             problems.append(
                 (
                     chunk,
-                    f"chunk file {file.relative_to(path)} ({rows}) has {file.stat().st_size:,} "
-                    f"bytes, expected {nbytes:,} (truncated or overwritten)",
+                    f"chunk file {file} ({rows}) has {size:,} bytes, expected {nbytes:,} "
+                    f"(truncated or overwritten)",
                 )
             )
     return problems
 
 
-def read_zarr_metadata(path: Path, header: StoreHeader) -> pa.Table:
+def read_zarr_metadata(path: Location, header: StoreHeader) -> pa.Table:
     """Every metadata part of a zarr store as one table (parts checked to be all there).
 
     Raises:
@@ -308,7 +332,7 @@ def read_zarr_metadata(path: Path, header: StoreHeader) -> pa.Table:
             f"store {path} lacks metadata {ranges}{more}; {_reembed_hint(path, header.run)}"
         )
     try:
-        return pq.read_table(path / "metadata")
+        return read_parquet(path / "metadata")
     except Exception as exc:  # a damaged part or a foreign file among them
         raise StoreError(
             f"store {path} has unreadable metadata ({_one_line(exc)}); "
@@ -316,7 +340,7 @@ def read_zarr_metadata(path: Path, header: StoreHeader) -> pa.Table:
         ) from None
 
 
-def read_parquet_store(path: Path, header: StoreHeader) -> tuple[np.ndarray, pa.Table]:
+def read_parquet_store(path: Location, header: StoreHeader) -> tuple[np.ndarray, pa.Table]:
     """(embeddings (count, dim), metadata) of a parquet store, its rows and column checked.
 
     The row count and the embedding column's type are read from the footer first, so a crafted
@@ -327,8 +351,15 @@ def read_parquet_store(path: Path, header: StoreHeader) -> tuple[np.ndarray, pa.
     """
     hint = _reembed_hint(path, header.run)
     expected = pa.list_(pa.from_numpy_dtype(np.dtype(header.dtype)), header.dim)
+    with open_input(path) as source:
+        return _read_parquet_store(source, path, header, hint, expected)
+
+
+def _read_parquet_store(
+    source: Any, path: Location, header: StoreHeader, hint: str, expected: pa.DataType
+) -> tuple[np.ndarray, pa.Table]:
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(source)
         n_rows = file.metadata.num_rows
         schema = file.schema_arrow
     except Exception as exc:
@@ -351,7 +382,7 @@ def read_parquet_store(path: Path, header: StoreHeader) -> tuple[np.ndarray, pa.
     return flat.reshape(header.count, header.dim), table.drop_columns(["embedding"])
 
 
-def check_metadata(metadata: pa.Table, path: Path, header: StoreHeader) -> None:
+def check_metadata(metadata: pa.Table, path: Location, header: StoreHeader) -> None:
     """Raise :class:`StoreError` unless the metadata has its columns and covers every row once."""
     problem = metadata_schema_problem(metadata) or row_coverage_problem(
         metadata.column("row").to_numpy(), header.count

@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from lscindex._append import AppendedRows, append_header, check_resumed, new_items
 from lscindex._distributed import Ranks, process_group, ranks, select_device
-from lscindex._io import LOCK_SUFFIX, refuse_url, swap_dir, writer_lock
+from lscindex._io import LOCK_SUFFIX, swap_dir
+from lscindex._location import Location, RemotePath, as_location, location_lock
 from lscindex.data import (
     read_image,
 )
@@ -63,7 +64,7 @@ DEFAULT_CHUNK_ROWS = 4096
 class EmbedReport:
     """What :func:`build_store` did."""
 
-    path: Path
+    path: Location
     header: StoreHeader
     computed_rows: int
     errors: int
@@ -195,9 +196,9 @@ def build_store(
     if append and overwrite:
         raise StoreError("append adds rows to the store, overwrite replaces it: pass one of them")
     here = ranks()
-    refuse_url(out, "store")
-    final = Path(out)
-    _check_out_is_no_input(final, inputs)
+    final = as_location(out, "store")
+    if isinstance(final, Path):
+        _check_out_is_no_input(final, inputs)
     opened = _open_encoder(run, str(select_device(device, here.local_rank)))
     # The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
     # Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
@@ -215,7 +216,7 @@ def build_store(
 
 def _embed(
     run: Run,
-    final: Path,
+    final: Location,
     items: list[EmbedItem],
     planned: StoreHeader,
     overwrite: bool,
@@ -227,12 +228,15 @@ def _embed(
     """Write (or resume, or overwrite) the store of ``items`` at ``final``; see build_store."""
     here = ranks()
     # --overwrite builds the new store beside the old one and swaps them only when it is
-    # complete, so an interrupted or failed overwrite leaves the existing store intact.
-    scratch = overwrite and _existing_store(final) is not None
+    # complete, so an interrupted or failed overwrite leaves the existing store intact. An
+    # object store cannot swap folders: there the old store is replaced in place (an
+    # interrupted overwrite is resumed by the same command; the old store is gone).
+    replace = overwrite and _existing_store(final) is not None
+    scratch = replace and isinstance(final, Path)
     if here.world > 1:
         dist.barrier()  # every rank has looked at ``final`` before rank 0 writes there
-    path = _scratch_path(final) if scratch else final
-    writer = _open_or_resume(path, planned, scratch=scratch, here=here)
+    path = _scratch_path(final) if scratch and isinstance(final, Path) else final
+    writer = _open_or_resume(path, planned, replace=replace, here=here)
     if writer.header.complete:
         swapped = scratch and here.rank == 0 and _swap_finished(run, writer, final)
         return EmbedReport(final, writer.header, 0, 0, not swapped, time.perf_counter() - started)
@@ -254,7 +258,7 @@ def _open_encoder(run: str | os.PathLike[str] | Run | FeatureSpec, device: str) 
 
 def _append(
     run: Run,
-    final: Path,
+    final: Location,
     items: list[EmbedItem],
     existing: StoreHeader,
     batch_size: int,
@@ -290,7 +294,7 @@ def _append(
     )
 
 
-def _check_appendable(run: Run, final: Path, existing: StoreHeader) -> None:
+def _check_appendable(run: Run, final: Location, existing: StoreHeader) -> None:
     """Refuse to append to a parquet store, another run's store or an unfinished new store."""
     if final.suffix.lower() == ".parquet":
         raise StoreError(
@@ -317,11 +321,19 @@ def _check_options(dtype: str, chunk_rows: int, batch_size: int) -> None:
         raise StoreError(f"chunk_rows and batch_size must be >= 1, got {chunk_rows}, {batch_size}")
 
 
-def _swap_finished(opened: Run, writer: StoreWriter, final: Path) -> bool:
+def _swap_finished(opened: Run, writer: StoreWriter, final: Location) -> bool:
     """An --overwrite interrupted just before its swap: swap in its finished store now."""
-    swap_dir(writer.path, final)
+    _swap_in(writer.path, final)
     record_store(opened.path, final, store_id=writer.header.store_id, count=writer.header.count)
     return True
+
+
+def _swap_in(new: Location, final: Location) -> None:
+    """Publish the finished store ``new`` (an --overwrite's scratch) at ``final`` (local only:
+    remote stores are overwritten in place)."""
+    if not isinstance(new, Path) or not isinstance(final, Path):
+        raise StoreError(f"cannot swap {new} into {final}: only local folders are swapped")
+    swap_dir(new, final)
 
 
 def _scratch_path(final: Path) -> Path:
@@ -333,8 +345,8 @@ def _scratch_path(final: Path) -> Path:
     return final.with_name(f".{final.stem}.overwrite{final.suffix}")
 
 
-def _rank0_lock(final: Path, here: Ranks) -> AbstractContextManager[Any]:
-    return writer_lock(final, "store") if here.rank == 0 else nullcontext()
+def _rank0_lock(final: Location, here: Ranks) -> AbstractContextManager[Any]:
+    return location_lock(final, "store") if here.rank == 0 else nullcontext()
 
 
 def _written_paths(final: Path) -> Iterator[Path]:
@@ -371,7 +383,7 @@ def _check_out_is_no_input(final: Path, inputs: Sequence[str | os.PathLike[str]]
             )
 
 
-def _existing_store(path: Path) -> StoreHeader | None:
+def _existing_store(path: Location) -> StoreHeader | None:
     """The header of the lscindex store at ``path``, finished or not; None when nothing is there.
 
     Raises:
@@ -409,10 +421,12 @@ def _plan_header(
     )
 
 
-def _open_or_resume(out: Path, header: StoreHeader, *, scratch: bool, here: Ranks) -> StoreWriter:
+def _open_or_resume(
+    out: Location, header: StoreHeader, *, replace: bool, here: Ranks
+) -> StoreWriter:
     """Rank 0 creates, resumes or checks the store (see :func:`_open_writer`); the other ranks
     then resume the store rank 0 opened."""
-    writer = _open_writer(out, header, scratch=scratch) if here.rank == 0 else None
+    writer = _open_writer(out, header, replace=replace) if here.rank == 0 else None
     if here.world > 1:
         dist.barrier()
     return writer if writer is not None else StoreWriter.resume(out)
@@ -514,7 +528,7 @@ def _write_chunk(
     writer.write_chunk(chunk, embeddings, table)
 
 
-def _publish(run: Run, writer: StoreWriter, final: Path, here: Ranks) -> StoreHeader:
+def _publish(run: Run, writer: StoreWriter, final: Location, here: Ranks) -> StoreHeader:
     """Once every rank is done: rank 0 marks the store complete, swaps an --overwrite's new
     store in at ``final`` and records it in the run; every rank returns the final header."""
     if here.world > 1:
@@ -523,7 +537,7 @@ def _publish(run: Run, writer: StoreWriter, final: Path, here: Ranks) -> StoreHe
     if here.rank == 0:
         header = writer.finalize()
         if writer.path != final:
-            swap_dir(writer.path, final)
+            _swap_in(writer.path, final)
         if run.class_names:  # a plain timm encoder has no run directory to record it in
             record_store(run.path, final, store_id=header.store_id, count=header.count)
     if here.world > 1:
@@ -532,15 +546,16 @@ def _publish(run: Run, writer: StoreWriter, final: Path, here: Ranks) -> StoreHe
     return header
 
 
-def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWriter:
+def _open_writer(out: Location, header: StoreHeader, *, replace: bool) -> StoreWriter:
     """A writer for a new store, or for the unfinished store already at ``out``.
 
-    ``scratch``: ``out`` is the temporary of an --overwrite in progress: resume it when it
-    matches, recreate it otherwise. Only an lscindex store is ever recreated (see
+    ``replace``: an --overwrite is in progress; ``out`` is its local temporary (or, on an
+    object store, the store itself, a finished one being replaced): resume it when it matches,
+    recreate it otherwise. Only an lscindex store is ever recreated (see
     :func:`_existing_store`).
     """
     existing = _existing_store(out)
-    if existing is None:
+    if existing is None or (replace and existing.complete and isinstance(out, RemotePath)):
         return StoreWriter.create(out, header)
     differences = [
         name
@@ -549,7 +564,7 @@ def _open_writer(out: Path, header: StoreHeader, *, scratch: bool) -> StoreWrite
     ]
     if existing.complete and not differences:  # done before, with these very settings
         return StoreWriter(out, existing)
-    if scratch and differences:
+    if replace and differences:
         return StoreWriter.create(out, header)
     if existing.complete or differences:
         what = ", ".join(differences) or "nothing"

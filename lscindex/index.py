@@ -14,10 +14,8 @@ Embeddings are unit vectors, so inner product is cosine similarity.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +29,14 @@ from lscindex._index_search import (
 )
 from lscindex._index_sidecar import IndexInfo, read_faiss_index, read_sidecar, sidecar_path
 from lscindex._index_update import advice, cannot_add, check_lineage, check_rows
-from lscindex._io import atomic_write_json, atomic_write_with, file_sha256, refuse_url
+from lscindex._location import (
+    Location,
+    PathOrUrl,
+    as_location,
+    location_sha256,
+    publish_with,
+    write_json,
+)
 from lscindex._store_reading import ok_rows, row_coverage_problem
 from lscindex.errors import ConfigError, StoreError
 from lscindex.index_factory import FactoryChoice, choose_factory
@@ -71,9 +76,9 @@ class IndexUpdate:
     advice: str = ""
 
 
-def default_index_path(store: str | os.PathLike[str]) -> Path:
-    """``emb.zarr`` or ``emb.parquet`` -> ``emb.faiss`` beside it."""
-    store = Path(store)
+def default_index_path(store: PathOrUrl) -> Location:
+    """``emb.zarr`` or ``emb.parquet`` -> ``emb.faiss`` beside it (a URL stays a URL)."""
+    store = as_location(store, "store")
     return store.with_name(store.stem + ".faiss")
 
 
@@ -150,10 +155,10 @@ def add_store_rows(
 
 
 def build_index(
-    store: str | os.PathLike[str] | EmbeddingStore,
+    store: PathOrUrl | EmbeddingStore,
     *,
     factory: str = "Flat",
-    out: str | os.PathLike[str] | None = None,
+    out: PathOrUrl | None = None,
     max_memory_bytes: int | None = None,
     train_size: int = 100_000,
     recall_queries: int = 1000,
@@ -200,10 +205,9 @@ def build_index(
             f"max_memory_bytes applies to factory='auto', not to {factory!r}; drop it or use "
             f"--factory auto"
         )
-    if out is not None:
-        refuse_url(out, "index")
+    path = as_location(out, "index") if out is not None else None
     opened = store if isinstance(store, EmbeddingStore) else open_store(store)
-    path = Path(out) if out is not None else default_index_path(opened.path)
+    path = path if path is not None else default_index_path(opened.path)
     good = readable_rows(opened)
     rows = np.flatnonzero(good)
     if len(rows) == 0:
@@ -273,7 +277,7 @@ def _add_measured(
 
 def _save(
     index: Any,
-    path: Path,
+    path: Location,
     store: EmbeddingStore,
     *,
     factory: str,
@@ -301,11 +305,11 @@ def _save(
         count=int(index.ntotal),
         store=str(store.path),
         store_fingerprint=store.fingerprint,
-        sha256=file_sha256(path),
+        sha256=location_sha256(path),
         auto=auto,
         **measured,
     )
-    atomic_write_json(sidecar_path(path), info.to_json())
+    write_json(sidecar_path(path), info.to_json())
     return info
 
 
@@ -350,11 +354,12 @@ def _train_index(index: Any, store: EmbeddingStore, sample: np.ndarray, factory:
         ) from None
 
 
-def _write_index(index: Any, path: Path) -> None:
-    """Write ``index`` to ``path`` atomically (unique temp file beside it, fsync, rename)."""
+def _write_index(index: Any, path: Location) -> None:
+    """Write ``index`` to ``path`` atomically (a local temp file beside it, fsync, rename; a
+    remote index is uploaded whole)."""
     import faiss
 
-    atomic_write_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    publish_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def index_problems(index: Any, info: IndexInfo, store: EmbeddingStore | None) -> list[str]:
@@ -407,7 +412,7 @@ def index_problems(index: Any, info: IndexInfo, store: EmbeddingStore | None) ->
 
 
 def load_index(
-    path: str | os.PathLike[str], *, store: EmbeddingStore | None = None
+    path: PathOrUrl, *, store: EmbeddingStore | None = None
 ) -> tuple[Any, IndexInfo]:
     """Verify an index against its sidecar and store, then read it.
 
@@ -425,9 +430,9 @@ def load_index(
     Example:
         >>> index, info = load_index("emb.faiss", store=open_store("emb.zarr"))  # doctest: +SKIP
     """
-    path = Path(path)
+    path = as_location(path, "index")
     info = read_sidecar(path)
-    digest = file_sha256(path)
+    digest = location_sha256(path)
     if digest != info.sha256:
         raise StoreError(
             f"index {path} is corrupted (sha256 {digest[:12]}... but its sidecar says "
@@ -461,8 +466,8 @@ def load_index(
 
 
 def update_index(
-    path: str | os.PathLike[str],
-    store: str | os.PathLike[str] | EmbeddingStore,
+    path: PathOrUrl,
+    store: PathOrUrl | EmbeddingStore,
     *,
     check: Literal["lineage", "rows"] = "lineage",
     recall_queries: int = 1000,
@@ -499,7 +504,7 @@ def update_index(
     import faiss
 
     opened = store if isinstance(store, EmbeddingStore) else open_store(store)
-    path = Path(path)
+    path = as_location(path, "index")
     index, info = load_index(path)
     _check_same_rows(path, info, index, opened, check)
     reason = cannot_add(index, opened)
@@ -534,7 +539,7 @@ def update_index(
 
 
 def _check_same_rows(
-    path: Path, info: IndexInfo, index: Any, store: EmbeddingStore, check: str
+    path: Location, info: IndexInfo, index: Any, store: EmbeddingStore, check: str
 ) -> None:
     """Refuse an index whose rows are not known to be ``store``'s (see :func:`update_index`)."""
     if check == "lineage":

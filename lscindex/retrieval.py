@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lscindex._index_search import search_parameters
+from lscindex._location import Location, PathOrUrl, RemotePath, as_location, is_remote
 from lscindex.data import list_images, read_image
 from lscindex.embedding import encode_batch
 from lscindex.errors import DataError, InputError, RunError, StoreError
@@ -91,29 +92,34 @@ def find_runs(root: str | os.PathLike[str] = "runs") -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / CONFIG).is_file() and (p / WEIGHTS).is_file())
 
 
-def find_stores(run: Run) -> list[Path]:
+def find_stores(run: Run) -> list[Location]:
     """The stores embedded with ``run`` that still exist and still hold its embeddings, oldest
     first (a store re-embedded by another run since is left out)."""
     found = []
-    for path in recorded_stores(run.path):
-        if not store_exists(path):
-            continue
+    for recorded in recorded_stores(run.path):
         try:
+            path = as_location(recorded, "store")
+            if not store_exists(path):
+                continue
             header = read_header(path)
-        except StoreError:  # damaged since: opening it by name says why
+        except (StoreError, OSError):  # damaged since, or unreachable: naming it says why
             continue
         if header.run_fingerprint == run.fingerprint:
             found.append(path)
     return found
 
 
-def _shown(path: str | os.PathLike[str]) -> str:
-    """``path`` relative to the working directory when it is under it, else as it is."""
+def _shown(path: PathOrUrl) -> str:
+    """``path`` relative to the working directory when it is under it, else as it is (URLs
+    as they are)."""
+    if isinstance(path, RemotePath) or is_remote(path):
+        return str(path)
+    path = os.fspath(path)
     relative = os.path.relpath(path) if os.path.isabs(path) else os.fspath(path)
     return os.fspath(path) if relative.startswith("..") else relative
 
 
-def _listed(paths: Sequence[Path], limit: int = 8) -> str:
+def _listed(paths: Sequence[PathOrUrl], limit: int = 8) -> str:
     names = [_shown(p) for p in paths[:limit]]
     return ", ".join(names) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
@@ -139,15 +145,15 @@ def _choose_run(
 
 
 def _choose_store(
-    run: Run, store: str | os.PathLike[str] | bool | None, index: str | os.PathLike[str] | None
-) -> tuple[Path | None, str]:
+    run: Run, store: PathOrUrl | bool | None, index: PathOrUrl | None
+) -> tuple[Location | None, str]:
     """(store or None, how it was chosen): see :meth:`Retriever.open`."""
     if store is False:
         return None, "none asked for"
     if store is not None and store is not True:
-        return Path(store), "given"
+        return as_location(store, "store"), "given"
     if index is not None:  # the store the index was built from
-        named = Path(read_sidecar(index).store)
+        named = as_location(read_sidecar(index).store, "store")
         return named, "named by the index's sidecar"
     stores = find_stores(run)
     if not stores:
@@ -162,7 +168,7 @@ def _choose_store(
             f"run {_shown(run.path)} has {len(stores)} stores ({_listed(stores)}); name the one "
             f"to search (--store STORE, store=) or search none (--no-store, store=False)"
         )
-    return Path(_shown(stores[0])), "the only store embedded with this run"
+    return as_location(_shown(stores[0]), "store"), "the only store embedded with this run"
 
 
 class Retriever:
@@ -184,7 +190,7 @@ class Retriever:
         index: Any = None,
         *,
         chosen: dict[str, str | None] | None = None,
-        index_path: Path | None = None,
+        index_path: Location | None = None,
         index_factory: str | None = None,
     ) -> None:
         self.run = run
@@ -233,7 +239,7 @@ class Retriever:
                 f"open it with the run {st.header.run}, or embed with this one (lscindex embed "
                 f"DATA --run {opened.path} --out NEW.zarr)"
             )
-        path = Path(index) if index is not None else default_index_path(st.path)
+        path = as_location(index, "index") if index is not None else default_index_path(st.path)
         if index is None and not path.is_file():
             chosen["index"] = "none beside the store: exact search in memory"
             return cls(opened, st, chosen=chosen)

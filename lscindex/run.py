@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lscindex._io import atomic_write_bytes, atomic_write_json, file_sha256
+from lscindex._location import PathOrUrl, as_location
 from lscindex.assignment import table_sha256
 from lscindex.errors import ConfigError, RunError
 
@@ -391,7 +392,7 @@ def publish_weights(
 
 
 def record_store(
-    run_dir: str | os.PathLike[str], store: str | os.PathLike[str], *, store_id: str, count: int
+    run_dir: str | os.PathLike[str], store: PathOrUrl, *, store_id: str, count: int
 ) -> None:
     """Note a finished store in the run's stores.json, so query can find it with no flags."""
     listing = Path(run_dir) / STORES
@@ -402,13 +403,14 @@ def record_store(
     if not isinstance(stores, list):  # a damaged registry of ours: start it again
         stores = []
     stores = [s for s in stores if isinstance(s, dict)]
-    entry = {"path": str(Path(store).resolve()), "store_id": store_id, "count": count}
+    entry = {"path": str(as_location(store).resolve()), "store_id": store_id, "count": count}
     stores = [s for s in stores if s.get("path") != entry["path"]] + [entry]
     atomic_write_json(listing, stores)
 
 
-def recorded_stores(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The stores recorded for a run, oldest first (whether or not they still exist)."""
+def recorded_stores(run_dir: str | os.PathLike[str]) -> list[str]:
+    """The stores recorded for a run (paths or URLs), oldest first (whether or not they still
+    exist)."""
     listing = Path(run_dir) / STORES
     if not listing.is_file():
         return []
@@ -417,7 +419,7 @@ def recorded_stores(run_dir: str | os.PathLike[str]) -> list[Path]:
         isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries
     ):
         raise RunError(f"{listing} is not a list of stores; {_DAMAGED}")
-    return [Path(entry["path"]) for entry in entries]
+    return [entry["path"] for entry in entries]
 
 
 def save_assignment(path: str | os.PathLike[str], table: np.ndarray) -> None:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,7 +104,7 @@ def store_identity(store: EmbeddingStore) -> dict[str, Any]:
     """The store searched: path, store id (new each time it is written), rows, dim and dtype."""
     header = store.header
     return {
-        "path": str(Path(store.path)),
+        "path": str(store.path),
         "store_id": header.store_id,
         "rows": header.count,
         "dim": header.dim,

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +29,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lscindex._io import atomic_write_bytes, refuse_url
+from lscindex._location import (
+    Location,
+    PathOrUrl,
+    as_location,
+    parquet_rows,
+    read_parquet,
+    read_parquet_schema,
+    remove_tree,
+    write_bytes,
+    zarr_store,
+)
 from lscindex.errors import StoreError
 
 __all__ = [
@@ -117,7 +124,7 @@ def metadata_table(
     return pa.table(columns, schema=METADATA_SCHEMA)
 
 
-def _is_parquet(path: str | os.PathLike[str]) -> bool:
+def _is_parquet(path: PathOrUrl) -> bool:
     return str(path).lower().endswith(".parquet")
 
 
@@ -186,7 +193,7 @@ class StoreWriter:
     :meth:`write_chunk` for each chunk in :meth:`pending_chunks`, then :meth:`finalize`.
     """
 
-    def __init__(self, path: Path, header: StoreHeader) -> None:
+    def __init__(self, path: Location, header: StoreHeader) -> None:
         self.path = path
         self.header = header
         self.parquet = _is_parquet(path)
@@ -194,31 +201,30 @@ class StoreWriter:
         if not self.parquet:
             import zarr
 
-            self._array = zarr.open_array(str(path / "embeddings"), mode="r+")
+            self._array = zarr.open_array(zarr_store(path / "embeddings"), mode="r+")
 
     @property
-    def parts_dir(self) -> Path:
+    def parts_dir(self) -> Location:
         if self.parquet:
             return self.path.with_name(self.path.name + ".parts")
         return self.path / "metadata"
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], header: StoreHeader) -> StoreWriter:
+    def create(cls, path: PathOrUrl, header: StoreHeader) -> StoreWriter:
         """Preallocate a new store (the caller checked ``path`` may be written)."""
-        path = Path(path)
+        path = as_location(path, "store")
         if header.dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {DTYPES}, got {header.dtype!r}")
         if _is_parquet(path):
             parts = path.with_name(path.name + ".parts")
-            shutil.rmtree(parts, ignore_errors=True)
+            remove_tree(parts)
             parts.mkdir(parents=True)
-            atomic_write_bytes(parts / "header.json", json.dumps(header.to_dict()).encode())
+            write_bytes(parts / "header.json", json.dumps(header.to_dict()).encode())
         else:
             import zarr
 
-            if path.exists():
-                shutil.rmtree(path)
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+            remove_tree(path)
+            group = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
             group.create_array(
                 "embeddings",
                 shape=(header.count, header.dim),
@@ -229,31 +235,31 @@ class StoreWriter:
                 dimension_names=("row", "dim"),
             )
             group.attrs[ATTRS_KEY] = header.to_dict()
-            (path / "metadata").mkdir()
+            (path / "metadata").mkdir(exist_ok=True)
         return cls(path, header)
 
     @classmethod
-    def resume(cls, path: str | os.PathLike[str]) -> StoreWriter:
+    def resume(cls, path: PathOrUrl) -> StoreWriter:
         """Open an unfinished store for writing its remaining chunks."""
-        path = Path(path)
+        path = as_location(path, "store")
         writer = cls(path, read_header(path, allow_incomplete=True))
         writer._grow()
         return writer
 
     @classmethod
-    def begin_append(cls, path: str | os.PathLike[str], header: StoreHeader) -> StoreWriter:
+    def begin_append(cls, path: PathOrUrl, header: StoreHeader) -> StoreWriter:
         """Start adding rows to a finished zarr store: ``header`` is its next version
         (``count`` grown, ``complete`` False, the current version last in ``history``).
 
         The attributes are written first, then the array grows: a store interrupted in between
         is grown again by :meth:`resume`. Rows below the old count are never written again.
         """
-        path = Path(path)
+        path = as_location(path, "store")
         if _is_parquet(path) or header.appending_from is None:
             raise StoreError(f"store {path}: only a zarr store is appended to")
         import zarr
 
-        zarr.open_group(str(path), mode="r+").attrs[ATTRS_KEY] = header.to_dict()
+        zarr.open_group(zarr_store(path), mode="r+").attrs[ATTRS_KEY] = header.to_dict()
         writer = cls(path, header)
         writer._grow()
         return writer
@@ -277,7 +283,7 @@ class StoreWriter:
                 start, stop = self.header.chunk_range(chunk)
                 if self.header.appending_from is None or stop <= self.header.appending_from:
                     done.add(chunk)  # parts are written whole: no need to read this one
-                elif pq.read_metadata(p).num_rows == stop - start:
+                elif parquet_rows(p) == stop - start:
                     done.add(chunk)
         return done
 
@@ -308,13 +314,13 @@ class StoreWriter:
             self._array[start:stop] = data
         buffer = io.BytesIO()
         pq.write_table(metadata, buffer)
-        atomic_write_bytes(self.parts_dir / _part_name(chunk), buffer.getvalue())
+        write_bytes(self.parts_dir / _part_name(chunk), buffer.getvalue())
 
     def _with_old_rows(
         self, chunk: int, start: int, first: int, embeddings: np.ndarray, metadata: pa.Table
     ) -> tuple[np.ndarray, pa.Table]:
         """The rows ``start..first-1`` already in the store, put before the new ones."""
-        part = pq.read_table(self.parts_dir / _part_name(chunk))
+        part = read_parquet(self.parts_dir / _part_name(chunk))
         old = part.filter(pc.less(part.column("row"), first)).sort_by("row")
         if old.num_rows != first - start:
             raise StoreError(
@@ -334,18 +340,18 @@ class StoreWriter:
             raise StoreError(f"store {self.path} still lacks chunks {missing[:5]}; run embed again")
         header = StoreHeader(**{**self.header.to_dict(), "complete": True})
         if self.parquet:
-            tables = [pq.read_table(self.parts_dir / _part_name(c)) for c in range(header.n_chunks)]
+            tables = [read_parquet(self.parts_dir / _part_name(c)) for c in range(header.n_chunks)]
             table = pa.concat_tables(tables).replace_schema_metadata(
                 {ATTRS_KEY.encode(): json.dumps(header.to_dict()).encode()}
             )
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
-            atomic_write_bytes(self.path, buffer.getvalue())
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            write_bytes(self.path, buffer.getvalue())
+            remove_tree(self.parts_dir)
         else:
             import zarr
 
-            group = zarr.open_group(str(self.path), mode="r+")
+            group = zarr.open_group(zarr_store(self.path), mode="r+")
             group.attrs[ATTRS_KEY] = header.to_dict()
         self.header = header
         return header
@@ -358,21 +364,21 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _reembed_hint(path: Path, run: str = "RUN") -> str:
+def _reembed_hint(path: Location, run: str = "RUN") -> str:
     return (
         f"the store is damaged: embed again with lscindex embed DATA --run {run} --out {path} "
         f"--overwrite (lscindex verify {path} lists every problem)"
     )
 
 
-def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> StoreHeader:
+def read_header(path: PathOrUrl, *, allow_incomplete: bool = False) -> StoreHeader:
     """The header of a store (zarr attributes, parquet schema metadata or an unfinished parquet).
 
     Raises:
         StoreError: not a store, unfinished (unless ``allow_incomplete``), another format
             version, or attributes that are unreadable, incomplete, mistyped or out of range.
     """
-    path = Path(path)
+    path = as_location(path, "store")
     raw: Any = None
     try:
         if _is_parquet(path):
@@ -380,13 +386,14 @@ def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
             if allow_incomplete and (parts / "header.json").is_file():
                 raw = json.loads((parts / "header.json").read_text())
             elif path.is_file():
-                meta = pq.read_schema(path).metadata or {}
+                meta = read_parquet_schema(path).metadata or {}
                 if ATTRS_KEY.encode() in meta:
                     raw = json.loads(meta[ATTRS_KEY.encode()])
         elif (path / "zarr.json").is_file():
             import zarr
 
-            raw = dict(zarr.open_group(str(path), mode="r").attrs).get(ATTRS_KEY)
+            group = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+            raw = dict(group.attrs).get(ATTRS_KEY)
     except Exception as exc:  # any damage to the files the header lives in
         raise StoreError(
             f"store {path} has unreadable attributes ({_one_line(exc)}); {_reembed_hint(path)}"
@@ -407,8 +414,8 @@ def read_header(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
     return header
 
 
-def store_exists(path: str | os.PathLike[str]) -> bool:
-    path = Path(path)
+def store_exists(path: PathOrUrl) -> bool:
+    path = as_location(path, "store")
     if _is_parquet(path):  # a folder named x.parquet is something (a Hive dataset): not free
         return path.exists() or path.is_symlink() or path.with_name(path.name + ".parts").is_dir()
     return path.exists()
@@ -478,7 +485,7 @@ class EmbeddingStore:
             ``row``. Look rows up with :meth:`rows_metadata`, never by position.
     """
 
-    path: Path
+    path: Location
     header: StoreHeader
     embeddings: EmbeddingArray
     metadata: pa.Table = field(repr=False)
@@ -535,7 +542,7 @@ class EmbeddingStore:
         return self.metadata.take(pa.array(order[at]))
 
 
-def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
+def open_store(path: PathOrUrl) -> EmbeddingStore:
     """Open a finished zarr or parquet store, checking cheaply that nothing is missing.
 
     The checks read no embeddings: the attributes (types, ranges), the array's shape against
@@ -564,8 +571,7 @@ def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
         zarr_embeddings,
     )
 
-    refuse_url(path, "store")
-    path = Path(path)
+    path = as_location(path, "store")
     if not store_exists(path):
         raise StoreError(f"store {path} does not exist; create it with lscindex embed --out {path}")
     header = read_header(path)

@@ -23,6 +23,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
+from lscindex._location import Location, PathOrUrl, as_location, location_sha256
 from lscindex.errors import LscIndexError, RunError, StoreError
 
 __all__ = ["Check", "VerifyReport", "verify_index", "verify_path", "verify_run", "verify_store"]
@@ -51,7 +52,7 @@ class VerifyReport:
             one failed is left out.
     """
 
-    path: Path
+    path: Location
     kind: Kind
     checks: list[Check] = field(default_factory=list)
 
@@ -100,7 +101,7 @@ class VerifyReport:
 
 
 # -- stores -----------------------------------------------------------------------------------
-def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
+def verify_store(path: PathOrUrl) -> VerifyReport:
     """Check a store in full: attributes, layout, metadata, every chunk, NaN/inf rows.
 
     Checks, in order: ``header`` (attributes typed and in range, store complete), ``layout``
@@ -116,7 +117,7 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     """
     from lscindex import store as st
 
-    path = Path(path)
+    path = as_location(path, "store")
     report = VerifyReport(path, "store")
     if not st.store_exists(path):
         report.checks.append(Check("header", False, f"store {path} does not exist"))
@@ -158,7 +159,7 @@ def verify_store(path: str | os.PathLike[str]) -> VerifyReport:
     return report
 
 
-def _header(path: Path) -> tuple[Any, str]:
+def _header(path: Location) -> tuple[Any, str]:
     from lscindex.store import read_header
 
     h = read_header(path)
@@ -169,14 +170,14 @@ def _header(path: Path) -> tuple[Any, str]:
     return h, detail
 
 
-def _parquet_layout(path: Path, header: Any) -> tuple[tuple[np.ndarray, Any], str]:
+def _parquet_layout(path: Location, header: Any) -> tuple[tuple[np.ndarray, Any], str]:
     from lscindex._store_reading import read_parquet_store
 
     embeddings, metadata = read_parquet_store(path, header)
     return (embeddings, metadata), f"{header.count:,} rows with a {header.dim}-wide embedding"
 
 
-def _zarr_layout(path: Path, header: Any) -> tuple[Any, str]:
+def _zarr_layout(path: Location, header: Any) -> tuple[Any, str]:
     from lscindex._store_reading import zarr_embeddings
 
     array = zarr_embeddings(path, header)
@@ -192,7 +193,7 @@ def _metadata_schema(metadata: Any) -> tuple[Any, str]:
     return metadata, f"{metadata.num_rows:,} rows, every column typed"
 
 
-def _zarr_metadata(path: Path, header: Any) -> tuple[Any, str]:
+def _zarr_metadata(path: Location, header: Any) -> tuple[Any, str]:
     from lscindex._store_reading import read_zarr_metadata
 
     metadata, detail = _metadata_schema(read_zarr_metadata(path, header))
@@ -211,7 +212,7 @@ def _rows(metadata: Any, count: int) -> tuple[np.ndarray, str]:
 
 
 def _scan(
-    path: Path, header: Any, embeddings: Any, good: np.ndarray | None, *, parquet: bool
+    path: Location, header: Any, embeddings: Any, good: np.ndarray | None, *, parquet: bool
 ) -> tuple[list[str], np.ndarray, int]:
     """(damaged chunks, (K,) embedded rows holding NaN/inf, embedded rows read), each chunk
     read once.
@@ -219,7 +220,7 @@ def _scan(
     ``good``: (count,) bool by row, or None (unknown: every row counts as embedded). A zarr
     chunk is read only when its file has its size (see ``chunk_file_problems``).
     """
-    from lscindex._store_reading import chunk_file, chunk_file_problems
+    from lscindex._store_reading import chunk_file_problems, chunk_sizes
 
     problems: list[str] = []
     skip: set[int] = set()
@@ -227,12 +228,14 @@ def _scan(
         damaged = chunk_file_problems(path, header, embeddings, good)
         problems = [line for _, line in damaged]
         skip = {chunk for chunk, _ in damaged}
+        # every row failed: zarr wrote no file
+        skip |= {c for c, size in enumerate(chunk_sizes(path, embeddings, header)) if size is None}
     bad = []
     checked = 0
     for chunk in range(header.n_chunks):
         start, stop = header.chunk_range(chunk)
-        if chunk in skip or (not parquet and not chunk_file(path, embeddings, chunk).is_file()):
-            continue  # damaged (named above), or every row failed: zarr wrote no file
+        if chunk in skip:
+            continue  # damaged (named above), or no file
         try:
             block = np.asarray(embeddings[start:stop], dtype=np.float32)
         except Exception as exc:  # a file of the right size zarr still cannot decode
@@ -256,7 +259,7 @@ def _finite(rows: np.ndarray, checked: int) -> tuple[bool, str]:
 
 # -- indexes ----------------------------------------------------------------------------------
 def verify_index(
-    path: str | os.PathLike[str], store: str | os.PathLike[str] | None = None
+    path: PathOrUrl, store: PathOrUrl | None = None
 ) -> VerifyReport:
     """Check an index in full against its sidecar and its store.
 
@@ -270,16 +273,14 @@ def verify_index(
     Returns:
         :class:`VerifyReport`; nothing is modified.
     """
-    from lscindex._io import file_sha256
-
-    path = Path(path)
+    path = as_location(path, "index")
     report = VerifyReport(path, "index")
     info = report._run("sidecar", lambda: _sidecar(path))
     if info is None:
         return report
 
     def digest() -> tuple[bool, str]:
-        found = file_sha256(path)
+        found = location_sha256(path)
         if found != info.sha256:
             raise StoreError(
                 f"sha256 {found[:12]}... but the sidecar says {info.sha256[:12]}...: the file "
@@ -311,7 +312,7 @@ def verify_index(
     return report
 
 
-def _sidecar(path: Path) -> tuple[Any, str]:
+def _sidecar(path: Location) -> tuple[Any, str]:
     from lscindex.index import read_sidecar
 
     info = read_sidecar(path)
@@ -319,15 +320,14 @@ def _sidecar(path: Path) -> tuple[Any, str]:
 
 
 def _index_store(
-    path: Path, recorded: str, given: str | os.PathLike[str] | None
+    path: Location, recorded: str, given: PathOrUrl | None
 ) -> tuple[Any, str]:
     from lscindex.store import open_store, store_exists
 
-    if given is not None:
-        candidates = [Path(given)]
-    else:
-        named = Path(recorded)
-        candidates = [named] if named.is_absolute() else [named, path.parent / named]
+    named = as_location(recorded if given is None else given, "store")
+    candidates = [named]
+    if given is None and not (isinstance(named, Path) and named.is_absolute()):
+        candidates += [path.parent / str(named)] if isinstance(named, Path) else []
         candidates.append(path.parent / named.name)
     found = next((c for c in candidates if store_exists(c)), None)
     if found is None:
@@ -339,7 +339,7 @@ def _index_store(
     return opened, f"{found} opens ({opened.header.count:,} rows)"
 
 
-def _read(path: Path, info: Any) -> tuple[Any, str]:
+def _read(path: Location, info: Any) -> tuple[Any, str]:
     from lscindex.index import read_faiss_index
 
     index = read_faiss_index(path, info)
@@ -496,18 +496,16 @@ def _assignment(path: Path, model: Any, metadata: dict[str, str]) -> tuple[bool,
 
 
 # -- any path ---------------------------------------------------------------------------------
-def what_is(path: str | os.PathLike[str]) -> Kind:
+def what_is(path: PathOrUrl) -> Kind:
     """``"store"``, ``"index"`` or ``"run"``: what ``path`` holds, by its files.
 
     Raises:
         StoreError: none of the three.
     """
-    from lscindex._io import refuse_url
     from lscindex.run import CONFIG
     from lscindex.store import _is_parquet
 
-    refuse_url(path, "path")
-    path = Path(path)
+    path = as_location(path, "path")
     if path.is_dir() and (path / CONFIG).is_file():
         return "run"
     if path.is_dir() and (path / "zarr.json").is_file():
@@ -523,7 +521,7 @@ def what_is(path: str | os.PathLike[str]) -> Kind:
 
 
 def verify_path(
-    path: str | os.PathLike[str], *, store: str | os.PathLike[str] | None = None
+    path: PathOrUrl, *, store: PathOrUrl | None = None
 ) -> VerifyReport:
     """:func:`verify_store`, :func:`verify_index` or :func:`verify_run`, by what ``path`` is.
 
@@ -537,4 +535,4 @@ def verify_path(
         return verify_store(path)
     if kind == "index":
         return verify_index(path, store)
-    return verify_run(path)
+    return verify_run(str(path))  # runs are local folders

@@ -238,12 +238,12 @@ RunChoice = Annotated[
     Path | None, typer.Option("--run", help="Run (default: the only run under ./runs).")
 ]
 StoreChoice = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--store", help="Store to search (default: the only store embedded with the run)."
     ),
 ]
 NoStoreFlag = Annotated[bool, typer.Option("--no-store", help="Classes only: search no store.")]
 IndexChoice = Annotated[
-    Path | None, typer.Option("--index", help="Index (default: beside the store).")
+    str | None, typer.Option("--index", help="Index (default: beside the store).")
 ]

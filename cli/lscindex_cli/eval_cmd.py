@@ -29,7 +29,7 @@ def eval_run(
         str, choice_option(help="all: train and val together.", choices=SPLITS)
     ] = default_of(evaluate, "split"),
     store: Annotated[
-        Path | None, typer.Option(help="A store of this run: also recall@k and mAP@k.")
+        str | None, typer.Option(help="A store of this run: also recall@k and mAP@k.")
     ] = None,
     k: Annotated[
         int, typer.Option("-k", help="Stored neighbours per image for recall@k and mAP@k.")

@@ -33,7 +33,10 @@ def embed(
     data: Annotated[
         list[Path], typer.Argument(help="Image files, folders (recursive) or manifests.")
     ],
-    out: Annotated[Path, typer.Option(help="Store: a .zarr folder or a .parquet file.")],
+    out: Annotated[
+        str,
+        typer.Option(help="Store: a .zarr folder or a .parquet file, or an fsspec URL (s3://...)."),
+    ],
     run: Annotated[Path | None, typer.Option(help="Run directory made by lscindex train.")] = None,
     model: Annotated[
         str | None,
@@ -106,7 +109,7 @@ def embed(
     _print_report(report, out, append=append)
 
 
-def _print_report(report: EmbedReport, out: Path, *, append: bool) -> None:
+def _print_report(report: EmbedReport, out: str, *, append: bool) -> None:
     """What embed did, in one line."""
     header = report.header
     held = f"; {report.skipped:,} of the images were in it already" if report.skipped else ""
@@ -165,7 +168,7 @@ def _bytes_option(value: str | None) -> int | None:
 
 
 def index(
-    store: Annotated[Path, typer.Argument(help="Store made by lscindex embed.")],
+    store: Annotated[str, typer.Argument(help="Store made by lscindex embed (path or URL).")],
     factory: Annotated[
         str | None,
         typer.Option(
@@ -189,7 +192,7 @@ def index(
         typer.Option(help="Add the rows the store gained (embed --append) to its index."),
     ] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Index path (default: beside the store).")
+        str | None, typer.Option(help="Index path or URL (default: beside the store).")
     ] = None,
     log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,10 +13,10 @@ from lscindex_cli._common import console, print_json, shown
 
 def verify(
     path: Annotated[
-        Path, typer.Argument(help="A store (.zarr, .parquet), an index (.faiss) or a run folder.")
+        str, typer.Argument(help="A store (.zarr, .parquet), an index (.faiss) or a run folder.")
     ],
     store: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="The store of an index (default: the one its sidecar names)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
