@@ -358,8 +358,9 @@ def location_lock(
     ``<url>.lock`` created with a conditional PUT (``If-None-Match: *`` on S3; plain
     check-then-put where the file system has no create-only write, which is then advisory).
 
-    A remote lock is never taken over automatically: another machine's process cannot be
-    checked, so a lock left by a killed writer is removed by hand (the message says how).
+    As on local disk, a lock whose writer ran on this host and is gone (a killed embed) is
+    taken over, so the same command resumes; one held from another host is refused, naming
+    the lock object to delete if that writer is gone.
     """
     if not isinstance(path, RemotePath):
         with writer_lock(path, what, error=error) as local:
@@ -385,21 +386,43 @@ def location_lock(
 
 
 def _take_remote(lock: RemotePath, mine: bytes, what: str, error: type[LscIndexError]) -> None:
-    try:
-        lock.fs.pipe_file(lock.path, mine, mode="create")
-        return
-    except FileExistsError:
-        pass
-    except (TypeError, NotImplementedError):  # no create-only writes: check, then put
-        if not lock.exists():
-            lock.fs.pipe_file(lock.path, mine)
+    from lscindex._io import _is_stale
+
+    for _ in range(8):  # each round takes the lock, refuses, or clears one stale lock
+        if _create(lock, mine):
             return
-    try:
-        holder = json.loads(lock.read_bytes())
-        who = f"pid {holder['pid']} on {holder['host']}, since {holder.get('started', '?')}"
-    except (OSError, ValueError, TypeError, KeyError):
-        who = "a writer it does not name"
+        try:
+            holder = json.loads(lock.read_bytes())
+            who = f"pid {holder['pid']} on {holder['host']}, since {holder.get('started', '?')}"
+        except FileNotFoundError:
+            continue  # released meanwhile
+        except (OSError, ValueError, TypeError, KeyError):
+            holder, who = None, "a writer it does not name"
+        if not (isinstance(holder, dict) and isinstance(holder.get("pid"), int)):
+            break
+        if not _is_stale(holder):
+            break
+        try:
+            lock.fs.rm_file(lock.path)
+        except FileNotFoundError:
+            pass
+    else:
+        raise error(f"{what}: could not take {lock} (it keeps changing); try again")
     raise error(
         f"{what} is being written by another lscindex process ({who}); wait for it to "
         f"finish, or delete {lock} if that process is gone"
     ) from None
+
+
+def _create(lock: RemotePath, data: bytes) -> bool:
+    """Write ``lock`` unless it exists; False when it does."""
+    try:
+        lock.fs.pipe_file(lock.path, data, mode="create")
+        return True
+    except FileExistsError:
+        return False
+    except (TypeError, NotImplementedError):  # no create-only writes: check, then put
+        if lock.exists():
+            return False
+        lock.fs.pipe_file(lock.path, data)
+        return True

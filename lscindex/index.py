@@ -411,9 +411,7 @@ def index_problems(index: Any, info: IndexInfo, store: EmbeddingStore | None) ->
     return problems
 
 
-def load_index(
-    path: PathOrUrl, *, store: EmbeddingStore | None = None
-) -> tuple[Any, IndexInfo]:
+def load_index(path: PathOrUrl, *, store: EmbeddingStore | None = None) -> tuple[Any, IndexInfo]:
     """Verify an index against its sidecar and store, then read it.
 
     Before reading: the sidecar's keys and types, the file's sha256, and (with ``store``) the

@@ -258,9 +258,7 @@ def _finite(rows: np.ndarray, checked: int) -> tuple[bool, str]:
 
 
 # -- indexes ----------------------------------------------------------------------------------
-def verify_index(
-    path: PathOrUrl, store: PathOrUrl | None = None
-) -> VerifyReport:
+def verify_index(path: PathOrUrl, store: PathOrUrl | None = None) -> VerifyReport:
     """Check an index in full against its sidecar and its store.
 
     Checks: ``sidecar`` (JSON, keys typed), ``sha256`` (the file is the one the sidecar
@@ -319,9 +317,7 @@ def _sidecar(path: Location) -> tuple[Any, str]:
     return info, f"{info.factory}, {info.count:,} vectors of dim {info.dim}, store {info.store}"
 
 
-def _index_store(
-    path: Location, recorded: str, given: PathOrUrl | None
-) -> tuple[Any, str]:
+def _index_store(path: Location, recorded: str, given: PathOrUrl | None) -> tuple[Any, str]:
     from lscindex.store import open_store, store_exists
 
     named = as_location(recorded if given is None else given, "store")
@@ -520,9 +516,7 @@ def what_is(path: PathOrUrl) -> Kind:
     )
 
 
-def verify_path(
-    path: PathOrUrl, *, store: PathOrUrl | None = None
-) -> VerifyReport:
+def verify_path(path: PathOrUrl, *, store: PathOrUrl | None = None) -> VerifyReport:
     """:func:`verify_store`, :func:`verify_index` or :func:`verify_run`, by what ``path`` is.
 
     ``store``: the store of an index (default: the one its sidecar names).

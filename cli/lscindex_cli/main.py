@@ -113,6 +113,13 @@ def error_message(exc: BaseException, *, out: str | None = None) -> str | None:
     """
     if isinstance(exc, LscIndexError):
         return str(exc)
+    if _from_object_store(exc):  # botocore's own errors are no OSErrors
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        where = f" ({out})" if out else ""
+        return (
+            f"object storage: {text}{where}; check the URL, that the bucket exists and the "
+            f"credentials (e.g. AWS_* variables, ~/.aws)"
+        )
     if isinstance(exc, OSError) and exc.errno is not None:
         return _os_error_message(exc, out)
     library = _LIBRARIES.get(type(exc).__module__.split(".")[0])
@@ -137,6 +144,22 @@ def error_message(exc: BaseException, *, out: str | None = None) -> str | None:
         first = " ".join(str(exc).split()).split(". ")[0]  # torch's advice is about CUDA
         return f"out of memory{f' ({first})' if first else ''}; lower --batch-size or --workers"
     return None
+
+
+_OBJECT_STORES = ("s3fs", "gcsfs", "adlfs", "aiobotocore", "botocore", "fsspec")
+
+
+def _from_object_store(exc: BaseException) -> bool:
+    """Whether an error was raised inside an fsspec file system (a bucket, not local disk)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if module in _OBJECT_STORES and "implementations.local" not in str(
+            tb.tb_frame.f_globals.get("__name__", "")
+        ):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _from_faiss(exc: RuntimeError) -> bool:
