@@ -249,7 +249,7 @@ def _acquire(lock: Path, mine: dict[str, Any], what: str, error: type[LscIndexEr
             except FileExistsError:
                 pass
             holder = _read_lock(lock)
-            if holder is not None and _is_stale(holder):
+            if holder is not None and holder_is_gone(holder):
                 _clear_stale(lock, holder)
                 continue
             if holder is None:
@@ -280,7 +280,7 @@ def _read_lock(lock: Path) -> dict[str, Any] | None:
     return holder
 
 
-def _is_stale(holder: dict[str, Any]) -> bool:
+def holder_is_gone(holder: dict[str, Any]) -> bool:
     """The holder ran on this host and its process is gone."""
     if holder["host"] != socket.gethostname() or holder["pid"] <= 0:
         return False

@@ -23,7 +23,7 @@ import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -386,7 +386,7 @@ def location_lock(
 
 
 def _take_remote(lock: RemotePath, mine: bytes, what: str, error: type[LscIndexError]) -> None:
-    from lscindex._io import _is_stale
+    from lscindex._io import holder_is_gone
 
     for _ in range(8):  # each round takes the lock, refuses, or clears one stale lock
         if _create(lock, mine):
@@ -400,12 +400,10 @@ def _take_remote(lock: RemotePath, mine: bytes, what: str, error: type[LscIndexE
             holder, who = None, "a writer it does not name"
         if not (isinstance(holder, dict) and isinstance(holder.get("pid"), int)):
             break
-        if not _is_stale(holder):
+        if not holder_is_gone(holder):
             break
-        try:
+        with suppress(FileNotFoundError):
             lock.fs.rm_file(lock.path)
-        except FileNotFoundError:
-            pass
     else:
         raise error(f"{what}: could not take {lock} (it keeps changing); try again")
     raise error(
