@@ -55,8 +55,17 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_completion_options_are_offered(capsys: pytest.CaptureFixture[str]) -> None:
     out = help_text([], capsys)
     assert "--install-completion" in out and "--show-completion" in out
-    code, out, err = run_cli(["--show-completion", "bash"], capsys)
-    assert code == 0 and "_LSCINDEX_COMPLETE=complete_bash" in out, err
+    # typer detects the shell from the process tree: run it from bash, as a user would (the
+    # second command keeps bash from exec'ing lscindex in its place)
+    lscindex = Path(sys.executable).parent / "lscindex"
+    proc = subprocess.run(
+        ["bash", "-c", f"'{lscindex}' --show-completion; exit $?"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "_LSCINDEX_COMPLETE=complete_bash" in proc.stdout, proc.stderr
 
 
 def complete(words: str) -> list[str]:
