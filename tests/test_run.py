@@ -64,10 +64,12 @@ def test_stores_are_recorded_once_per_path_newest_last(tmp_path: Path) -> None:
     run_files.record_store(tmp_path, tmp_path / "a.zarr", store_id="1", count=3)
     run_files.record_store(tmp_path, tmp_path / "b.zarr", store_id="2", count=4)
     run_files.record_store(tmp_path, tmp_path / "a.zarr", store_id="3", count=5)
-    names = [p.name for p in run_files.recorded_stores(tmp_path)]
-    assert names == ["b.zarr", "a.zarr"]
+    recorded = run_files.recorded_stores(tmp_path)
+    assert recorded == [str(tmp_path / "b.zarr"), str(tmp_path / "a.zarr")]
     listing = json.loads((tmp_path / "stores.json").read_text())
     assert listing[-1]["store_id"] == "3" and listing[-1]["count"] == 5
+    run_files.record_store(tmp_path, "s3://bucket/c.zarr", store_id="4", count=6)
+    assert run_files.recorded_stores(tmp_path)[-1] == "s3://bucket/c.zarr"  # a URL stays one
 
 
 @pytest.mark.parametrize(
