@@ -68,8 +68,8 @@ class DatasetSplits:
             defaults to ``class_names``.
     """
 
-    train: list[tuple[str, int]]
-    val: list[tuple[str, int]]
+    train: Sequence[tuple[str, int]]
+    val: Sequence[tuple[str, int]]
     class_names: list[str]
     source: str
     class_keys: list[str] | None = None
@@ -90,6 +90,13 @@ class DatasetSplits:
         import hashlib
         import json
 
+        from lscindex.shards import ShardSamples
+
+        if isinstance(self.train, ShardSamples) and isinstance(self.val, ShardSamples):
+            # not a JSON of millions of rows: the shards' fingerprint and each split's rows
+            digest = hashlib.sha256(self.train.source.fingerprint().encode())
+            digest.update(self.train.rows.tobytes() + b"|" + self.val.rows.tobytes())
+            return digest.hexdigest()[:16]
         root = Path(self.source)
         root = root if root.is_dir() else root.parent
         # paths relative to the data's root: the same data named another way is the same data
@@ -321,7 +328,11 @@ def load_dataset(
             f"data path {path} does not exist; pass an image folder (one sub-folder per class) "
             f"or a .parquet/.csv manifest"
         )
-    if path.is_file():
+    from lscindex.shards import is_shard_source
+
+    if is_shard_source(path):
+        splits = _from_shards(path, val_fraction, seed)
+    elif path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
             raise DataError(
                 f"{path} is neither a folder nor a .parquet/.csv manifest with path,label columns"
@@ -343,13 +354,41 @@ def load_dataset(
             f"no training images found in {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
             f" files in one sub-folder per class)"
         )
-    used = {label for _, label in splits.train}
+    used = _used_labels(splits.train)
     if len(used) < 2:
         raise DataError(
             f"{path} has a single class ({splits.class_names[next(iter(used))]!r}); training "
             f"needs at least 2 classes, one sub-folder each"
         )
     return splits
+
+
+def _used_labels(samples: Sequence[tuple[str, int]]) -> set[int]:
+    labels = getattr(samples, "labels", None)  # shard samples keep them in one array
+    if labels is not None:
+        return set(np.unique(labels).tolist())
+    return {label for _, label in samples}
+
+
+def _from_shards(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
+    """The splits of an image-bytes shard source (see :mod:`lscindex.shards`)."""
+    from lscindex.shards import ShardSamples, open_shards
+
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    source = open_shards(path)
+    train, val = source.rows(val=False), source.rows(val=True)
+    if not len(val) and val_fraction > 0:
+        n_val = round(val_fraction * len(train))
+        held = np.random.default_rng(seed).permutation(len(train))[:n_val]
+        train, val = np.delete(train, held), np.sort(train[held])
+    return DatasetSplits(
+        ShardSamples(source, train),
+        ShardSamples(source, val),
+        source.class_names,
+        str(path),
+        source.class_keys,
+    )
 
 
 def _display_names(root: Path, keys: list[str]) -> list[str]:
@@ -381,6 +420,10 @@ def read_image(path: str | os.PathLike[str]) -> Any:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
+        from lscindex.shards import is_shard_row, read_shard_row
+
+        if is_shard_row(path):  # an image held in a parquet shard
+            return read_image_bytes(read_shard_row(path), path)
         reason = "does not exist" if not os.path.lexists(path) else "is not a regular file"
         raise DataError(f"{path} {reason}")
     if os.path.getsize(path) == 0:

@@ -231,7 +231,8 @@ def _samples(run: Run, data: str | os.PathLike[str], split: str) -> list[tuple[s
     """``(path, class id of the run)`` of the split, read as training read it."""
     fraction = _train_setting(run, "val_fraction", float, 0.0)
     splits = load_dataset(data, val_fraction=fraction, seed=_train_setting(run, "seed", int, 0))
-    chosen = {"val": splits.val, "train": splits.train, "all": splits.train + splits.val}[split]
+    every = [*splits.train, *splits.val] if split == "all" else []
+    chosen = {"val": splits.val, "train": splits.train, "all": every}[split]
     if not chosen:
         raise DataError(
             f"{data} has no val split (no val/ folder or val rows, and the val_fraction "

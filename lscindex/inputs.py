@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lscindex.data import IMAGE_EXTENSIONS, MANIFEST_SUFFIXES, list_images, read_manifest
 from lscindex.errors import DataError
+from lscindex.shards import is_shard_source
 
 __all__ = ["EmbedItem", "resolve_inputs"]
 
@@ -61,7 +62,9 @@ def resolve_inputs(
             raise DataError(
                 f"input {source} does not exist; pass image files, folders or manifests"
             )
-        if source.is_dir():
+        if is_shard_source(source):
+            items.extend(_shard_items(source, lookup, names))
+        elif source.is_dir():
             for path in list_images(source):
                 items.append(labelled(str(path.relative_to(source)), path, path.parent.name))
         elif source.suffix.lower() in MANIFEST_SUFFIXES:
@@ -100,6 +103,34 @@ def _open_labels(
         else it
         for it in items
     ]
+
+
+def _shard_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:
+    """One item per row of a shard source (:mod:`lscindex.shards`): its id is the image's
+    ``path`` field (else ``<shard>#<row>``), its label the row's label as a class of the run."""
+    import pyarrow.parquet as pq
+
+    from lscindex.shards import open_shards
+
+    shards = open_shards(path)
+    items = []
+    for f, file in enumerate(shards.files):
+        start = int(shards.offsets[f])
+        stored = pq.read_table(file, columns=["image.path"]).column(0).to_pylist()
+        for row, image_path in enumerate(stored):
+            key = shards.class_keys[int(shards.labels[start + row])]
+            label = lookup.get(
+                key, lookup.get(shards.class_names[int(shards.labels[start + row])], -1)
+            )
+            items.append(
+                EmbedItem(
+                    image_path or f"{file.name}#{row}",
+                    f"{file}#{row}",
+                    label,
+                    names[label] if label >= 0 else None,
+                )
+            )
+    return items
 
 
 def _manifest_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:

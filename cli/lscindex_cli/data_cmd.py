@@ -1,4 +1,5 @@
-"""`lscindex data ...`: build datasets (the glyph dataset: characters rendered from fonts)."""
+"""`lscindex data ...`: build datasets: glyphs (one class per character, split by font) and
+instances (one class per (character, font), jittered renders in parquet shards)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lscindex.glyphs import (
     build_glyph_dataset,
     plan_glyph_dataset,
 )
+from lscindex.glyphs.instances import build_instance_dataset
 from lscindex_cli._common import CliGroup, DebugOption, add_command, console, default_of, shown
 from lscindex_cli._progress import LOG_INTERVAL, LogIntervalOption, Reporter
 
@@ -97,3 +99,69 @@ def glyphs(
 
 
 add_command(data_app, "glyphs", glyphs)
+
+
+def instances(
+    out: Annotated[Path, typer.Argument(help="Dataset folder to create (parquet shards).")],
+    fonts: Annotated[
+        list[str] | None,
+        typer.Option(help="pip, system, or a folder/font file; repeatable (default: pip)."),
+    ] = None,
+    classes: Annotated[
+        int | None,
+        typer.Option(help="Keep a seeded sample of this many classes (default: all)."),
+    ] = None,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = default_of(
+        build_instance_dataset, "size"
+    ),
+    train_views: Annotated[
+        int, typer.Option(help="Jittered training renders per class.")
+    ] = default_of(build_instance_dataset, "train_views"),
+    val_views: Annotated[
+        int, typer.Option(help="Jittered validation renders per class (other seeds).")
+    ] = default_of(build_instance_dataset, "val_views"),
+    shard_rows: Annotated[int, typer.Option(help="Rows per parquet shard.")] = default_of(
+        build_instance_dataset, "shard_rows"
+    ),
+    seed: Annotated[
+        int, typer.Option(help="Seed of the class sample, row order and jitter.")
+    ] = default_of(build_instance_dataset, "seed"),
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Rendering processes (default: all CPUs).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it holds an instance dataset.")
+    ] = False,
+    log_interval: LogIntervalOption = LOG_INTERVAL,
+) -> None:
+    """Render jittered views of every (character, font) pair, one class each, into parquet
+    shards (image bytes, label, split)."""
+    with Reporter(log_interval=log_interval) as reporter:
+
+        def progress(done: int, total: int) -> None:
+            reporter.update("instances", done, total, unit="images")
+
+        info = build_instance_dataset(
+            out,
+            fonts=fonts or default_of(build_instance_dataset, "fonts"),
+            n_classes=classes,
+            size=size,
+            train_views=train_views,
+            val_views=val_views,
+            shard_rows=shard_rows,
+            seed=seed,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    console.print(
+        f"Wrote {info.n_classes:,} (character, font) classes ({info.n_classes_available:,} "
+        f"available) to {shown(info.out)}: {info.n_train:,} train rows in "
+        f"{len(info.train_shards)} shards, {info.n_val:,} val rows in {len(info.val_shards)}; "
+        f"chance {info.chance:.2g}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+add_command(data_app, "instances", instances)

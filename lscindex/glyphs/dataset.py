@@ -138,8 +138,9 @@ def build_glyph_dataset(
     return _dataset_info(out_path, plan)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """``out`` may be written: absent, an empty folder, or (``overwrite``) a glyph dataset."""
+def _check_out(out: Path, overwrite: bool, *, kind: str = "glyphs") -> None:
+    """``out`` may be written: absent, an empty folder, or (``overwrite``) a dataset of
+    ``kind`` (its dataset.json says so)."""
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder; choose another OUT path")
     if not out.is_dir() or not any(out.iterdir()):
@@ -149,20 +150,20 @@ def _check_out(out: Path, overwrite: bool) -> None:
             f"output folder {out} already exists and is not empty; pass --overwrite to replace "
             "it, or choose another OUT path"
         )
-    if not _is_glyph_dataset(out):
+    if not _is_glyph_dataset(out, kind):
         raise ConfigError(
-            f"output folder {out} is not a glyph dataset (no dataset.json of kind 'glyphs'), "
+            f"output folder {out} is not a {kind} dataset (no dataset.json of kind {kind!r}), "
             "so --overwrite will not replace it; remove it yourself or choose another OUT path"
         )
 
 
-def _is_glyph_dataset(folder: Path) -> bool:
-    """Whether ``folder`` holds a dataset this module wrote (its dataset.json says so)."""
+def _is_glyph_dataset(folder: Path, kind: str = "glyphs") -> bool:
+    """Whether ``folder`` holds a dataset of ``kind`` (its dataset.json says so)."""
     try:
         info = json.loads((folder / "dataset.json").read_bytes())
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and info.get("kind") == "glyphs"
+    return isinstance(info, dict) and info.get("kind") == kind
 
 
 def _write_and_swap_in(

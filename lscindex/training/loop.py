@@ -16,6 +16,7 @@ import math
 import random
 import resource
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ class _Job:
     eval_tf: Any
     system: VectorSystem | None
     loss_fn: torch.nn.Module
-    assign_samples: list[tuple[Any, int]] = field(default_factory=list)
+    assign_samples: Sequence[tuple[Any, int]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -403,6 +404,7 @@ def _train_epoch(
         world=world,
         skip=skip * config.batch_size,
         batch_size=config.batch_size,
+        blocks=getattr(job.splits.train, "blocks", None),  # parquet shards: one at a time
     )
     if sampler.dropped_last and skip == 0:
         callbacks.on_warning(f"epoch {epoch + 1}: left out one image so that no batch has one")

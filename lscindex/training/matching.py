@@ -8,7 +8,7 @@ computes the same table.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch.distributed as dist
 from lscindex._distributed import Ranks
 from lscindex.assignment import match_classes
 from lscindex.model import Encoder, encode
+from lscindex.shards import ShardSamples
 from lscindex.systems import VectorSystem
 from lscindex.training.sampling import ordered_loader
 
@@ -28,9 +29,16 @@ MEAN_BLOCK = 1 << 14
 
 
 def assignment_samples(
-    samples: list[tuple[Any, int]], n_classes: int, per_class: int
-) -> list[tuple[Any, int]]:
+    samples: Sequence[tuple[Any, int]], n_classes: int, per_class: int
+) -> Sequence[tuple[Any, int]]:
     """The first ``per_class`` training samples of each class (all of them for 0), by class."""
+    if isinstance(samples, ShardSamples):  # the same rows, chosen without a tuple per row
+        order = np.argsort(samples.labels, kind="stable")
+        if per_class:
+            ranked = samples.labels[order]
+            starts = np.searchsorted(ranked, ranked)  # first position of each row's class
+            order = order[np.arange(len(order)) - starts < per_class]
+        return ShardSamples(samples.source, samples.rows[order])
     if per_class == 0:
         return sorted(samples, key=lambda s: s[1])
     taken = np.zeros(n_classes, dtype=np.int64)
@@ -45,7 +53,7 @@ def assignment_samples(
 def match_from_model(
     model: Encoder,
     system: VectorSystem,
-    samples: list[tuple[Any, int]],
+    samples: Sequence[tuple[Any, int]],
     *,
     transform: Any,
     batch_size: int,
@@ -77,7 +85,7 @@ def match_from_model(
             chosen = np.flatnonzero(np.isin(labels, block))
             sums = torch.zeros(len(block), system.dim, dtype=torch.float32, device=device)
             loader = ordered_loader(
-                [samples[i] for i in chosen],
+                [samples[int(i)] for i in chosen],
                 transform,
                 batch_size=batch_size,
                 workers=workers,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,10 @@ __all__ = ["EpochSampler", "ordered_loader"]
 class EpochSampler(Sampler[int]):
     """Seeded per-epoch permutation, padded to the world size, sharded by rank, resumable.
 
-    Yields the sample indices of ``rank``, skipping the first ``skip`` of them.
+    Yields the sample indices of ``rank``, skipping the first ``skip`` of them. With ``blocks``
+    (the sizes of consecutive runs of samples stored together: parquet shards) the permutation
+    takes the blocks in a random order and each block's samples in a random order, so a reader
+    holds one block at a time.
     """
 
     def __init__(
@@ -32,9 +35,15 @@ class EpochSampler(Sampler[int]):
         shuffle: bool = True,
         pad: bool = True,
         batch_size: int | None = None,
+        blocks: Sequence[int] | None = None,
     ) -> None:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+        if not shuffle:
+            order = list(range(n))
+        elif blocks is None:
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = _blocked_order(blocks, n, generator)
         if pad and world > 1:
             order += order[: (-len(order)) % world]
         mine = order[rank::world]
@@ -50,8 +59,21 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
+def _blocked_order(blocks: Sequence[int], n: int, generator: torch.Generator) -> list[int]:
+    """A random order of the blocks, each block's indices in a random order."""
+    sizes = torch.as_tensor(list(blocks), dtype=torch.int64)
+    if int(sizes.sum()) != n:
+        raise ValueError(f"blocks cover {int(sizes.sum())} samples, not {n}")
+    starts = torch.cumsum(sizes, 0) - sizes
+    parts = [
+        starts[b] + torch.randperm(int(sizes[b]), generator=generator)
+        for b in torch.randperm(len(sizes), generator=generator).tolist()
+    ]
+    return torch.cat(parts).tolist() if parts else []
+
+
 def ordered_loader(
-    samples: list[tuple[Any, int]],
+    samples: Sequence[tuple[Any, int]],
     transform: Any,
     *,
     batch_size: int,

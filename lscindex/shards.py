@@ -1,0 +1,258 @@
+"""Image-bytes parquet shards as a data source, for ``train`` and ``embed``.
+
+The Hugging Face datasets convention: parquet files with an ``image`` column of
+``{bytes, path}`` structs (the encoded image file and its name), a ``label`` column (integers,
+or strings naming the classes) and an optional ``split`` column (``train``/``val``; also
+``validation``/``test`` count as ``val``). A folder of such files (``train-00000-of-00048.parquet``
+...) or one file is a source. 10^5-10^6 classes times several images need no million-file
+folders.
+
+Nothing is read whole: opening a source reads each shard's footer and its ``label``/``split``
+columns (8 bytes a row); images are read a shard at a time by the process that decodes them, so
+a reader holds one shard's image bytes (``shard_rows`` x ~0.5 KB for 32 px glyphs). A sample is
+named ``<shard file>#<row>`` (:func:`is_shard_row`), which :func:`lscindex.data.read_image`
+reads. Training reads shards in a seeded random order and rows in a seeded random order within
+each (:class:`ShardSamples.blocks`), which is how it stays one shard at a time; a resume replays
+that order exactly. Class names come from ``classes.json`` beside the shards when it has one name
+per label (as :func:`lscindex.glyphs.instances.build_instance_dataset` writes), else from the
+string labels, else the label numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lscindex.errors import DataError
+
+__all__ = [
+    "ShardSamples",
+    "ShardSource",
+    "is_shard_row",
+    "is_shard_source",
+    "open_shards",
+    "read_shard_row",
+]
+
+_VAL_NAMES = ("val", "validation", "valid", "test")
+_ROW = re.compile(r"(.+\.parquet)#(\d+)", re.IGNORECASE | re.DOTALL)
+
+
+def _has_image_column(schema: pa.Schema) -> bool:
+    if "image" not in schema.names:
+        return False
+    kind = schema.field("image").type
+    return pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0
+
+
+def _shard_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith("."))
+
+
+def is_shard_source(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a parquet file, or a folder of them, with an ``image`` bytes column."""
+    path = Path(path)
+    if not (path.is_dir() or (path.is_file() and path.suffix.lower() == ".parquet")):
+        return False
+    files = _shard_files(path)
+    try:
+        return bool(files) and _has_image_column(pq.read_schema(files[0]))
+    except (OSError, pa.ArrowException):
+        return False
+
+
+class ShardSource:
+    """The shards of a source, their rows' labels and splits (no image is read).
+
+    Attributes:
+        root: the folder (or file) given. files: the shard files, sorted by name.
+        offsets: (n_files + 1,) int64, the first global row of each file.
+        labels: (N,) int64 label of each row; is_val: (N,) bool.
+        class_names: names in label order. class_keys: the labels as the source spells them.
+    """
+
+    def __init__(self, root: Path, files: list[Path]) -> None:
+        self.root, self.files = root, files
+        splits: list[npt.NDArray[np.bool_]] = []
+        counts: list[int] = []
+        raw: list[pa.ChunkedArray] = []
+        for file in files:
+            table = _read_columns(file)
+            counts.append(table.num_rows)
+            raw.append(table.column("label"))
+            split = table.column("split") if "split" in table.column_names else None
+            splits.append(
+                np.zeros(table.num_rows, bool)
+                if split is None
+                else pc.is_in(pc.utf8_lower(split), pa.array(_VAL_NAMES))
+                .to_numpy(zero_copy_only=False)
+                .astype(bool)
+            )
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.is_val = np.concatenate(splits) if splits else np.zeros(0, bool)
+        column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)
+        labels_arr, self.class_keys = _labels(column, files[0])
+        self.labels = labels_arr
+        self.class_names = _names(root, self.class_keys)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def rows(self, *, val: bool) -> npt.NDArray[np.int64]:
+        """Global row numbers of one split, ascending."""
+        return np.flatnonzero(self.is_val == val).astype(np.int64)
+
+    def name(self, row: int) -> str:
+        """``<file>#<row in file>`` of global row ``row``."""
+        f = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return f"{self.files[f]}#{row - int(self.offsets[f])}"
+
+    def fingerprint(self) -> str:
+        """16 hex digits over the shard names and sizes, every label and split."""
+        digest = hashlib.sha256()
+        for file in self.files:
+            digest.update(f"{file.name}:{file.stat().st_size}\n".encode())
+        digest.update(self.labels.tobytes())
+        digest.update(self.is_val.tobytes())
+        digest.update(json.dumps(self.class_keys).encode())
+        return digest.hexdigest()[:16]
+
+
+def _read_columns(file: Path) -> pa.Table:
+    try:
+        schema = pq.read_schema(file)
+        if not _has_image_column(schema) or "label" not in schema.names:
+            raise DataError(
+                f"shard {file} has columns {schema.names}; a shard needs an image column of "
+                f"{{bytes, path}} structs and a label column (the Hugging Face datasets layout)"
+            )
+        columns = ["label", *(["split"] if "split" in schema.names else [])]
+        return pq.read_table(file, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(
+            f"shard {file} is not a readable parquet file ({exc}); remove or rebuild it"
+        ) from None
+
+
+def _labels(column: pa.ChunkedArray, first: Path) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """(N,) int64 labels and the class keys in label order."""
+    if column.null_count:
+        raise DataError(f"shards of {first.parent} have {column.null_count:,} rows with no label")
+    if pa.types.is_integer(column.type):
+        labels = column.to_numpy().astype(np.int64)
+        if len(labels) and labels.min() < 0:
+            raise DataError(f"shards of {first.parent} have negative labels; labels are 0..C-1")
+        n = int(labels.max()) + 1 if len(labels) else 0
+        return labels, [str(i) for i in range(n)]
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        keys, labels = np.unique(np.asarray(column.to_pylist(), dtype=object), return_inverse=True)
+        return labels.astype(np.int64), [str(k) for k in keys]
+    raise DataError(
+        f"shards of {first.parent} have a label column of type {column.type}; use integers "
+        f"0..C-1 or strings"
+    )
+
+
+def _names(root: Path, keys: list[str]) -> list[str]:
+    listing = (root if root.is_dir() else root.parent) / "classes.json"
+    try:
+        names = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return keys
+    if (
+        isinstance(names, list)
+        and len(names) == len(keys)
+        and all(isinstance(n, str) for n in names)
+    ):
+        return names
+    return keys
+
+
+def open_shards(path: str | os.PathLike[str]) -> ShardSource:
+    """The shard source at ``path`` (a folder of parquet shards, or one shard).
+
+    Raises:
+        DataError: no shards, a shard without the image/label columns, unreadable files.
+    """
+    root = Path(path)
+    files = _shard_files(root)
+    if not files:
+        raise DataError(f"{root} holds no .parquet shards; pass a folder of image-bytes shards")
+    return ShardSource(root, files)
+
+
+class ShardSamples(Sequence[tuple[str, int]]):
+    """The rows of one split as ``(name, label)`` pairs, without a Python object per row.
+
+    ``blocks`` (the number of rows of each shard, in row order) lets the training sampler read
+    one shard at a time.
+    """
+
+    def __init__(self, source: ShardSource, rows: npt.NDArray[np.int64]) -> None:
+        self.source, self.rows = source, rows
+        self.labels = source.labels[rows]
+        file_of = np.searchsorted(source.offsets, rows, side="right") - 1
+        self.blocks = np.bincount(file_of, minlength=len(source.files)).astype(np.int64)
+        self.blocks = self.blocks[self.blocks > 0]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, int]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, int]]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.source.name(int(self.rows[index])), int(self.labels[index])
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def is_shard_row(name: str) -> bool:
+    """Whether ``name`` is ``<file>.parquet#<row>`` naming an existing shard file."""
+    found = _ROW.fullmatch(name)
+    return found is not None and os.path.isfile(found.group(1)) and not os.path.exists(name)
+
+
+@lru_cache(maxsize=1)  # a reader walks one shard at a time: keep that one
+def _shard_images(file: str, mtime_ns: int) -> pa.Array:
+    column = pq.read_table(file, columns=["image"]).column("image").combine_chunks()
+    return column.field("bytes")
+
+
+def read_shard_row(name: str) -> bytes:
+    """The image bytes of ``<file>.parquet#<row>``.
+
+    Raises:
+        DataError: the row is outside the file, or holds no bytes.
+    """
+    found = _ROW.fullmatch(name)
+    if found is None:
+        raise DataError(f"{name} is not <file>.parquet#<row>")
+    file, row = found.group(1), int(found.group(2))
+    images = _shard_images(file, os.stat(file).st_mtime_ns)
+    if row >= len(images):
+        raise DataError(f"{name}: the shard has {len(images):,} rows")
+    data = images[row].as_py()
+    if not data:
+        raise DataError(f"{name} holds no image bytes")
+    return bytes(data)
