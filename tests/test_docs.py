@@ -31,6 +31,7 @@ BIN = Path(sys.executable).parent
 # stays fast: tiny models, a few steps, a small glyph set.
 FAST = {
     ("data", "glyphs"): ["--classes", "12", "--size", "16"],
+    ("data", "instances"): ["--classes", "12", "--size", "16", "--shard-rows", "20"],
     ("train",): [
         "--model",
         "test_resnet",
