@@ -29,6 +29,7 @@ __all__ = [
     "atomic_write_with",
     "file_sha256",
     "fsync_dir",
+    "json_bytes",
     "public_dir_mode",
     "swap_dir",
     "writer_lock",
@@ -103,9 +104,14 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], obje
     fsync_dir(path.parent)
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the indented, key-sorted JSON lscindex writes its own files in."""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(data))
 
 
 def public_dir_mode() -> int:

@@ -27,7 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from lscindex._io import atomic_write_bytes, atomic_write_with, writer_lock
+from lscindex._io import atomic_write_bytes, atomic_write_with, json_bytes, writer_lock
 from lscindex.errors import LscIndexError, StoreError
 
 __all__ = [
@@ -261,7 +261,8 @@ def write_bytes(path: Location, data: bytes) -> None:
 
 
 def write_json(path: Location, data: Any) -> None:
-    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    """:func:`write_bytes` of ``data`` as lscindex's indented JSON."""
+    write_bytes(path, json_bytes(data))
 
 
 def publish_with(path: Location, write: Callable[[Path], object]) -> None:

@@ -119,7 +119,7 @@ def test_only_an_instance_dataset_is_overwritten(built: Path, tmp_path: Path) ->
     glyphs = tmp_path / "glyphs"
     glyphs.mkdir()
     (glyphs / "dataset.json").write_text(json.dumps({"kind": "glyphs"}))
-    with pytest.raises(ConfigError, match="is not a glyph-instances dataset"):
+    with pytest.raises(ConfigError, match="is not a glyph instance dataset"):
         build_instance_dataset(glyphs, **SMALL, overwrite=True, workers=1)
 
 

@@ -138,6 +138,9 @@ def build_glyph_dataset(
     return _dataset_info(out_path, plan)
 
 
+_KIND_NAMES = {"glyphs": "glyph", "glyph-instances": "glyph instance"}
+
+
 def _check_out(out: Path, overwrite: bool, *, kind: str = "glyphs") -> None:
     """``out`` may be written: absent, an empty folder, or (``overwrite``) a dataset of
     ``kind`` (its dataset.json says so)."""
@@ -152,7 +155,8 @@ def _check_out(out: Path, overwrite: bool, *, kind: str = "glyphs") -> None:
         )
     if not _is_glyph_dataset(out, kind):
         raise ConfigError(
-            f"output folder {out} is not a {kind} dataset (no dataset.json of kind {kind!r}), "
+            f"output folder {out} is not a {_KIND_NAMES.get(kind, kind)} dataset (no "
+            f"dataset.json of kind {kind!r}), "
             "so --overwrite will not replace it; remove it yourself or choose another OUT path"
         )
 

@@ -50,6 +50,14 @@ def assignment_samples(
     return sorted(chosen, key=lambda s: s[1])
 
 
+def _subset(samples: Sequence[tuple[Any, int]], chosen: np.ndarray) -> Sequence[tuple[Any, int]]:
+    """``samples[chosen]``; shard rows in storage order, so the reader takes a shard at a time
+    (class means do not depend on the order)."""
+    if isinstance(samples, ShardSamples):
+        return ShardSamples(samples.source, np.sort(samples.rows[chosen]))
+    return [samples[int(i)] for i in chosen]
+
+
 def match_from_model(
     model: Encoder,
     system: VectorSystem,
@@ -76,7 +84,10 @@ def match_from_model(
         ``system`` with the new table. Nothing of size n_classes x dim is ever held: the sums
         of one block of :data:`MEAN_BLOCK` classes at a time.
     """
-    labels = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
+    if isinstance(samples, ShardSamples):
+        labels = samples.labels
+    else:
+        labels = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
     was_training = model.training
 
     def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -85,7 +96,7 @@ def match_from_model(
             chosen = np.flatnonzero(np.isin(labels, block))
             sums = torch.zeros(len(block), system.dim, dtype=torch.float32, device=device)
             loader = ordered_loader(
-                [samples[int(i)] for i in chosen],
+                _subset(samples, chosen),
                 transform,
                 batch_size=batch_size,
                 workers=workers,
