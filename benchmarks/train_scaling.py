@@ -1,7 +1,8 @@
 """Training step time and peak memory of the LSC head vs a learned softmax (CE) head by class count.
 
 For one timm backbone, each (head, n_classes) configuration trains on synthetic images and uniform
-random labels in its own fresh subprocess (peak RSS is per process and never goes down), with the
+random labels (or, with ``--data``, on the real images of a shard source with that many classes)
+in its own fresh subprocess (peak RSS is per process and never goes down), with the
 optimizer training uses (timm AdamW). A step is everything a training step does: forward, loss,
 zero_grad, backward, optimizer.step. The claim under test: nothing in LSC training grows with the
 class count (the targets come from the codec per batch, the head is dim = n_min wide), while the
@@ -74,12 +75,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "round (a guard against other processes on a shared machine)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="CLASSES=SHARDS",
+        help="real images instead of synthetic ones: for each class count, a shard source with "
+        "that many classes (lscindex data instances), read as training reads it: one shard at a "
+        "time, the train transform, data loading outside the timer (e.g. 1000=data/inst1k)",
+    )
     # Internal: run one configuration ("head:n_classes") and print one JSON result line.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.classes) < 1 or min(args.steps, args.rounds, args.threads) < 1 or args.warmup < 0:
         parser.error("--classes, --steps, --rounds and --threads must be >= 1, --warmup >= 0")
+    try:
+        args.sources = {int(k): v for k, v in (item.split("=", 1) for item in args.data)}
+    except ValueError:
+        parser.error(f"--data takes CLASSES=SHARDS pairs, got {args.data}")
+    missing = [c for c in args.classes if args.sources and c not in args.sources]
+    if missing and args.child is None:  # a child runs one of the parent's counts
+        parser.error(f"--data names no source for --classes {missing}")
     return args
+
+
+def batches(args: argparse.Namespace, n_classes: int, model: Any) -> Iterator[tuple[Any, Any]]:
+    """(images, labels) batches: synthetic, or the real shards ``--data`` names for the count."""
+    import torch
+
+    generator = torch.Generator().manual_seed(args.seed)
+    shape = (args.batch_size, 3, args.img_size, args.img_size)
+    if n_classes not in args.sources:
+        while True:  # a fresh batch each step (labels drive the per-batch targets)
+            images = torch.randn(shape, generator=generator)
+            yield images, torch.randint(0, n_classes, (args.batch_size,), generator=generator)
+    from torch.utils.data import DataLoader
+
+    from lscindex.data import ImageDataset, collate_skipping, load_dataset
+    from lscindex.model import create_train_transform
+    from lscindex.training.sampling import EpochSampler
+
+    splits = load_dataset(args.sources[n_classes])
+    if splits.n_classes != n_classes:
+        raise SystemExit(
+            f"{args.sources[n_classes]} has {splits.n_classes} classes, not {n_classes}"
+        )
+    blocks = getattr(splits.train, "blocks", None)
+    sampler = EpochSampler(
+        len(splits.train), seed=args.seed, epoch=0, rank=0, world=1, blocks=blocks
+    )
+    transform = create_train_transform(model.data_config, augment=True)
+    loader = DataLoader(
+        ImageDataset(splits.train, transform),
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=1,
+        collate_fn=collate_skipping,
+        drop_last=True,
+    )
+    for images, labels, _, _ in loader:
+        yield images, labels
 
 
 def peak_rss_mib() -> float:
@@ -138,7 +193,6 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
         assign_s.append(time.perf_counter() - t0)
         return system.with_assignment(table)
 
-    generator = torch.Generator().manual_seed(args.seed)
     if system is not None and args.assignment == "data":
         system = rematch(system)
     config = ModelConfig(
@@ -153,13 +207,11 @@ def run_config(args: argparse.Namespace, head: str, n_classes: int) -> dict[str,
     loss_fn = create_loss(head, system)
     optimizer = timm.optim.create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
     params = sum(p.numel() for p in model.parameters())
-    shape = (args.batch_size, 3, args.img_size, args.img_size)
+    data = batches(args, n_classes, model)
 
     times = []
     for i in range(args.warmup + args.steps):
-        # A fresh batch each step (labels drive the per-batch targets), made outside the timer.
-        images = torch.randn(shape, generator=generator)
-        labels = torch.randint(0, n_classes, (args.batch_size,), generator=generator)
+        images, labels = next(data)  # made or loaded outside the timer
         t0 = time.perf_counter()
         loss = loss_fn(model(images), labels)
         optimizer.zero_grad(set_to_none=True)  # as lscindex.training does
@@ -212,6 +264,7 @@ def child_command(args: argparse.Namespace, head: str, n_classes: int) -> list[s
         str(args.threads),
         "--seed",
         str(args.seed),
+        *(["--data", *args.data] if args.data else []),
     ]
 
 
@@ -280,12 +333,18 @@ def header(args: argparse.Namespace) -> str:
     import lscindex
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    data = (
+        "real, from shards (" + ", ".join(f"{k:,}: {v}" for k, v in args.sources.items()) + ")"
+        if args.sources
+        else "synthetic (random pixels, uniform labels)"
+    )
     return (
         f"# train scaling: {args.model} at {args.img_size} px, batch {args.batch_size}, "
         f"{args.kind} targets ({args.assignment} assignment), AdamW; {args.threads} torch "
         f"threads; median/p90 of {args.steps} "
         f"steps after {args.warmup} warm-up; one fresh process per row and round, "
         f"fastest of {args.rounds} round(s)\n"
+        f"# images: {data}\n"
         f"# python {platform.python_version()}, torch {torch.__version__}, "
         f"timm {timm.__version__}, lscindex {lscindex.__version__}; {cpu_name()}, "
         f"{cpus} cpus available, "
