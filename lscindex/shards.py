@@ -81,7 +81,8 @@ class ShardSource:
     Attributes:
         root: the folder (or file) given. files: the shard files, sorted by name.
         offsets: (n_files + 1,) int64, the first global row of each file.
-        labels: (N,) int64 label of each row; is_val: (N,) bool.
+        labels: (N,) int32 label of each row (int64 past 2^31 classes); is_val: (N,) bool.
+        Row numbers are int32 below 2^31 rows: 4 bytes a row, not 8, at 10^6-10^7 rows.
         class_names: names in label order. class_keys: the labels as the source spells them.
     """
 
@@ -113,9 +114,9 @@ class ShardSource:
     def n_rows(self) -> int:
         return int(self.offsets[-1])
 
-    def rows(self, *, val: bool) -> npt.NDArray[np.int64]:
+    def rows(self, *, val: bool) -> npt.NDArray[np.integer[Any]]:
         """Global row numbers of one split, ascending."""
-        return np.flatnonzero(self.is_val == val).astype(np.int64)
+        return np.flatnonzero(self.is_val == val).astype(_compact(self.n_rows))
 
     def name(self, row: int) -> str:
         """``<file>#<row in file>`` of global row ``row``."""
@@ -149,8 +150,13 @@ def _read_columns(file: Path) -> pa.Table:
         ) from None
 
 
-def _labels(column: pa.ChunkedArray, first: Path) -> tuple[npt.NDArray[np.int64], list[str]]:
-    """(N,) int64 labels and the class keys in label order."""
+def _compact(n: int) -> type[np.integer[Any]]:
+    """The smaller integer type that holds 0..n."""
+    return np.int32 if n < 2**31 else np.int64
+
+
+def _labels(column: pa.ChunkedArray, first: Path) -> tuple[npt.NDArray[np.integer[Any]], list[str]]:
+    """(N,) labels (:func:`_compact` type) and the class keys in label order."""
     if column.null_count:
         raise DataError(f"shards of {first.parent} have {column.null_count:,} rows with no label")
     if pa.types.is_integer(column.type):
@@ -158,10 +164,10 @@ def _labels(column: pa.ChunkedArray, first: Path) -> tuple[npt.NDArray[np.int64]
         if len(labels) and labels.min() < 0:
             raise DataError(f"shards of {first.parent} have negative labels; labels are 0..C-1")
         n = int(labels.max()) + 1 if len(labels) else 0
-        return labels, [str(i) for i in range(n)]
+        return labels.astype(_compact(n)), [str(i) for i in range(n)]
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         keys, labels = np.unique(np.asarray(column.to_pylist(), dtype=object), return_inverse=True)
-        return labels.astype(np.int64), [str(k) for k in keys]
+        return labels.astype(_compact(len(keys))), [str(k) for k in keys]
     raise DataError(
         f"shards of {first.parent} have a label column of type {column.type}; use integers "
         f"0..C-1 or strings"
@@ -203,7 +209,7 @@ class ShardSamples(Sequence[tuple[str, int]]):
     one shard at a time.
     """
 
-    def __init__(self, source: ShardSource, rows: npt.NDArray[np.int64]) -> None:
+    def __init__(self, source: ShardSource, rows: npt.NDArray[np.integer[Any]]) -> None:
         self.source, self.rows = source, rows
         self.labels = source.labels[rows]
         file_of = np.searchsorted(source.offsets, rows, side="right") - 1

@@ -139,7 +139,7 @@ def instances(
     with Reporter(log_interval=log_interval) as reporter:
 
         def progress(done: int, total: int) -> None:
-            reporter.update("instances", done, total, unit="images")
+            reporter.update("instances", done, total, unit="renders")
 
         info = build_instance_dataset(
             out,

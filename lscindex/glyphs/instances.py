@@ -132,7 +132,8 @@ def build_instance_dataset(
         seed: the class sample, the row order and every render's jitter.
         workers: rendering processes; None = the CPUs this process may use.
         overwrite: replace an instance dataset at ``out``; nothing else is ever replaced.
-        progress: ``progress(done, total)``: glyphs analysed, then rows rendered.
+        progress: ``progress(done, total)``: glyphs analysed, then rows rendered; ``total``
+            grows by the rows once the glyphs are analysed.
 
     Returns:
         :class:`InstanceDatasetInfo`.
@@ -149,7 +150,18 @@ def build_instance_dataset(
     out_path = Path(out).expanduser().absolute()
     _check_out(out_path, overwrite, kind=INSTANCES_KIND)
     with _Workers(_check_workers(workers)) as pool:
-        plan = _plan(fonts, n_classes, size, seed, pool, progress)
+        analysed = [0]
+
+        def analysing(done: int, total: int) -> None:
+            analysed[0] = total
+            if progress is not None:
+                progress(done, total)
+
+        def rendering(done: int, total: int) -> None:
+            if progress is not None:
+                progress(analysed[0] + done, analysed[0] + total)
+
+        plan = _plan(fonts, n_classes, size, seed, pool, analysing)
         n = len(plan.face)
         total = n * (train_views + val_views)
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +169,7 @@ def build_instance_dataset(
         tmp.chmod(public_dir_mode())
         try:
             shards = _write_shards(
-                tmp, plan, size, (train_views, val_views), shard_rows, seed, pool, progress
+                tmp, plan, size, (train_views, val_views), shard_rows, seed, pool, rendering
             )
             _write_json(tmp / "classes.json", [plan.name(c) for c in range(n)])
             settings = {"size": size, "seed": seed, "train_views": train_views}
