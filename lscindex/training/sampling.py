@@ -21,6 +21,9 @@ class EpochSampler(Sampler[int]):
     (the sizes of consecutive runs of samples stored together: parquet shards) the permutation
     takes the blocks in a random order and each block's samples in a random order, so a reader
     holds one block at a time.
+
+    ``indices`` is an (M,) int64 numpy array: 8 bytes a sample, where a list of Python ints
+    would take ~36 (90 MB more at 2.4M samples).
     """
 
     def __init__(
@@ -39,27 +42,27 @@ class EpochSampler(Sampler[int]):
     ) -> None:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         if not shuffle:
-            order = list(range(n))
+            order = torch.arange(n)
         elif blocks is None:
-            order = torch.randperm(n, generator=generator).tolist()
+            order = torch.randperm(n, generator=generator)
         else:
             order = _blocked_order(blocks, n, generator)
         if pad and world > 1:
-            order += order[: (-len(order)) % world]
-        mine = order[rank::world]
+            order = torch.cat([order, order[: (-len(order)) % world]])
+        mine = order[rank::world].numpy()
         # With ``batch_size``, a last batch of a single sample is left out (the same on every
         # rank, as the shards are padded to one length): BatchNorm cannot train on one image.
         self.dropped_last = bool(batch_size and batch_size > 1 and len(mine) % batch_size == 1)
         self.indices = (mine[:-1] if self.dropped_last else mine)[skip:]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+        return (int(i) for i in self.indices)
 
     def __len__(self) -> int:
         return len(self.indices)
 
 
-def _blocked_order(blocks: Sequence[int], n: int, generator: torch.Generator) -> list[int]:
+def _blocked_order(blocks: Sequence[int], n: int, generator: torch.Generator) -> torch.Tensor:
     """A random order of the blocks, each block's indices in a random order."""
     sizes = torch.as_tensor(list(blocks), dtype=torch.int64)
     if int(sizes.sum()) != n:
@@ -69,7 +72,7 @@ def _blocked_order(blocks: Sequence[int], n: int, generator: torch.Generator) ->
         starts[b] + torch.randperm(int(sizes[b]), generator=generator)
         for b in torch.randperm(len(sizes), generator=generator).tolist()
     ]
-    return torch.cat(parts).tolist() if parts else []
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
 def ordered_loader(
