@@ -387,7 +387,7 @@ def _from_shards(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
         ShardSamples(source, val),
         source.class_names,
         str(path),
-        source.class_keys,
+        source.label_names,  # integer labels: the run keys its classes by name
     )
 
 

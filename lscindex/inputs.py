@@ -113,15 +113,17 @@ def _shard_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[E
     from lscindex.shards import open_shards
 
     shards = open_shards(path)
+    # the run's class of each of the source's labels, by its key or else its name
+    run_label = [
+        lookup.get(key, lookup.get(name, -1))
+        for key, name in zip(shards.class_keys, shards.class_names, strict=True)
+    ]
     items = []
     for f, file in enumerate(shards.files):
         start = int(shards.offsets[f])
         stored = pq.read_table(file, columns=["image.path"]).column(0).to_pylist()
         for row, image_path in enumerate(stored):
-            key = shards.class_keys[int(shards.labels[start + row])]
-            label = lookup.get(
-                key, lookup.get(shards.class_names[int(shards.labels[start + row])], -1)
-            )
+            label = run_label[int(shards.labels[start + row])]
             items.append(
                 EmbedItem(
                     image_path or f"{file.name}#{row}",

@@ -83,7 +83,8 @@ class ShardSource:
         offsets: (n_files + 1,) int64, the first global row of each file.
         labels: (N,) int32 label of each row (int64 past 2^31 classes); is_val: (N,) bool.
         Row numbers are int32 below 2^31 rows: 4 bytes a row, not 8, at 10^6-10^7 rows.
-        class_names: names in label order. class_keys: the labels as the source spells them.
+        class_names: names in label order. label_names: the string labels in label order
+            (None for integer labels). class_keys: the labels as the source spells them.
     """
 
     def __init__(self, root: Path, files: list[Path]) -> None:
@@ -106,9 +107,13 @@ class ShardSource:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.is_val = np.concatenate(splits) if splits else np.zeros(0, bool)
         column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)
-        labels_arr, self.class_keys = _labels(column, files[0])
-        self.labels = labels_arr
-        self.class_names = _names(root, self.class_keys)
+        self.labels, self.label_names, n_classes = _labels(column, files[0])
+        self.class_names = _names(root, self.label_names, n_classes)
+
+    @property
+    def class_keys(self) -> list[str]:
+        """The labels as the source spells them (``"0"``, ``"1"``, ... for integers)."""
+        return self.label_names or [str(i) for i in range(len(self.class_names))]
 
     @property
     def n_rows(self) -> int:
@@ -130,7 +135,7 @@ class ShardSource:
             digest.update(f"{file.name}:{file.stat().st_size}\n".encode())
         digest.update(self.labels.tobytes())
         digest.update(self.is_val.tobytes())
-        digest.update(json.dumps(self.class_keys).encode())
+        digest.update(json.dumps(self.label_names or len(self.class_names)).encode())
         return digest.hexdigest()[:16]
 
 
@@ -155,38 +160,39 @@ def _compact(n: int) -> type[np.integer[Any]]:
     return np.int32 if n < 2**31 else np.int64
 
 
-def _labels(column: pa.ChunkedArray, first: Path) -> tuple[npt.NDArray[np.integer[Any]], list[str]]:
-    """(N,) labels (:func:`_compact` type) and the class keys in label order."""
+def _labels(
+    column: pa.ChunkedArray, first: Path
+) -> tuple[npt.NDArray[np.integer[Any]], list[str] | None, int]:
+    """(N,) labels (:func:`_compact` type), the string labels in label order (None for
+    integers) and the class count."""
     if column.null_count:
         raise DataError(f"shards of {first.parent} have {column.null_count:,} rows with no label")
     if pa.types.is_integer(column.type):
-        labels = column.to_numpy().astype(np.int64)
+        labels = column.to_numpy()
         if len(labels) and labels.min() < 0:
             raise DataError(f"shards of {first.parent} have negative labels; labels are 0..C-1")
         n = int(labels.max()) + 1 if len(labels) else 0
-        return labels.astype(_compact(n)), [str(i) for i in range(n)]
+        return labels.astype(_compact(n)), None, n
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         keys, labels = np.unique(np.asarray(column.to_pylist(), dtype=object), return_inverse=True)
-        return labels.astype(_compact(len(keys))), [str(k) for k in keys]
+        return labels.astype(_compact(len(keys))), [str(k) for k in keys], len(keys)
     raise DataError(
         f"shards of {first.parent} have a label column of type {column.type}; use integers "
         f"0..C-1 or strings"
     )
 
 
-def _names(root: Path, keys: list[str]) -> list[str]:
+def _names(root: Path, label_names: list[str] | None, n_classes: int) -> list[str]:
+    """classes.json beside the shards when it names every class, else the string labels, else
+    the label numbers."""
     listing = (root if root.is_dir() else root.parent) / "classes.json"
     try:
         names = json.loads(listing.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return keys
-    if (
-        isinstance(names, list)
-        and len(names) == len(keys)
-        and all(isinstance(n, str) for n in names)
-    ):
-        return names
-    return keys
+        names = None
+    if isinstance(names, list) and len(names) == n_classes:
+        return [str(n) for n in names]
+    return label_names or [str(i) for i in range(n_classes)]
 
 
 def open_shards(path: str | os.PathLike[str]) -> ShardSource:

@@ -52,7 +52,7 @@ def test_a_shard_folder_is_a_dataset_with_its_splits_and_class_names(shards: Pat
         12,
     )
     assert splits.n_classes == 12 and " " in splits.class_names[0]  # "A DejaVuSans"
-    assert splits.keys == [str(i) for i in range(12)]
+    assert splits.keys == splits.class_names  # integer labels: classes are keyed by name
     assert splits.train.blocks.tolist() == [16, 16, 16]
     name, label = splits.val[3]
     assert name == f"{shards / 'val-00000-of-00001.parquet'}#3"
