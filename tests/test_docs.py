@@ -230,3 +230,26 @@ def test_decode_benchmark_runs_on_a_small_setting() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| 500 | 12 |" in result.stdout and "100.000%" in result.stdout
+
+
+def test_train_scaling_runs_on_shards(tmp_path: Path) -> None:
+    """benchmarks.md's real-image run (data instances, then train_scaling --data), on two small
+    pip-font instance sets instead of the CJK ones."""
+    for classes in (12, 20):
+        out = str(tmp_path / f"inst{classes}")
+        with pytest.raises(SystemExit) as done:
+            main(["data", "instances", out, "--classes", str(classes), "--size", "16"])
+        assert done.value.code in (0, None)
+    fast = "--classes 12 20 --steps 2 --warmup 1 --model test_resnet --batch-size 8 --img-size 16"
+    data = ["--data", f"12={tmp_path / 'inst12'}", f"20={tmp_path / 'inst20'}"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_scaling.py"), *fast.split(), *data],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "# images: real, from shards (12:" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 20 | lsc |")]
+    assert len(rows) == 1 and "failed" not in rows[0]
