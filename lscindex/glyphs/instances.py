@@ -149,47 +149,68 @@ def build_instance_dataset(
     _check_settings(n_classes, size, train_views, val_views, shard_rows)
     out_path = Path(out).expanduser().absolute()
     _check_out(out_path, overwrite, kind=INSTANCES_KIND)
+    settings = {"size": size, "seed": seed, "train_views": train_views}
+    settings |= {"val_views": val_views, "shard_rows": shard_rows}
+    analysed = [0]
+
+    def analysing(done: int, total: int) -> None:
+        analysed[0] = total
+        if progress is not None:
+            progress(done, total)
+
+    def rendering(done: int, total: int) -> None:
+        if progress is not None:
+            progress(analysed[0] + done, analysed[0] + total)
+
     with _Workers(_check_workers(workers)) as pool:
-        analysed = [0]
-
-        def analysing(done: int, total: int) -> None:
-            analysed[0] = total
-            if progress is not None:
-                progress(done, total)
-
-        def rendering(done: int, total: int) -> None:
-            if progress is not None:
-                progress(analysed[0] + done, analysed[0] + total)
-
         plan = _plan(fonts, n_classes, size, seed, pool, analysing)
-        n = len(plan.face)
-        total = n * (train_views + val_views)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.building-", dir=out_path.parent))
-        tmp.chmod(public_dir_mode())
-        try:
-            shards = _write_shards(
-                tmp, plan, size, (train_views, val_views), shard_rows, seed, pool, rendering
-            )
-            _write_json(tmp / "classes.json", [plan.name(c) for c in range(n)])
-            settings = {"size": size, "seed": seed, "train_views": train_views}
-            settings |= {"val_views": val_views, "shard_rows": shard_rows}
-            _write_json(tmp / "dataset.json", _dataset_json(plan, settings, shards, fonts))
-            _check_out(out_path, overwrite, kind=INSTANCES_KIND)  # appeared meanwhile?
-            swap_dir(tmp, out_path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        shards = _write_and_swap_in(out_path, plan, settings, fonts, pool, rendering, overwrite)
+    n = len(plan.face)
     return InstanceDatasetInfo(
         out=out_path,
         n_classes=n,
         n_classes_available=plan.n_available,
         n_train=n * train_views,
-        n_val=total - n * train_views,
+        n_val=n * val_views,
         train_shards=tuple(out_path / s for s in shards["train"]),
         val_shards=tuple(out_path / s for s in shards["val"]),
         chance=1.0 / n,
     )
+
+
+def _write_and_swap_in(
+    out: Path,
+    plan: _Plan,
+    settings: dict[str, Any],
+    fonts: FontSource | Sequence[FontSource],
+    pool: _Workers,
+    progress: ProgressFn,
+    overwrite: bool,
+) -> dict[str, list[str]]:
+    """Write the shards and JSON files into a hidden folder beside ``out``, then swap it in."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp.chmod(public_dir_mode())
+    views = (settings["train_views"], settings["val_views"])
+    try:
+        shards = _write_shards(
+            tmp,
+            plan,
+            settings["size"],
+            views,
+            settings["shard_rows"],
+            settings["seed"],
+            pool,
+            progress,
+        )
+        _write_json(tmp / "classes.json", [plan.name(c) for c in range(len(plan.face))])
+        _write_json(tmp / "dataset.json", _dataset_json(plan, settings, shards, fonts))
+        _check_out(out, overwrite, kind=INSTANCES_KIND)  # appeared while we were rendering?
+        swap_dir(tmp, out)
+    finally:
+        if tmp.exists():  # our own temporary: what is left of it after a failure
+            shutil.rmtree(tmp, ignore_errors=True)
+    return shards
 
 
 def _check_settings(
