@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "that many classes (lscindex data instances), read as training reads it: one shard at a "
         "time, the train transform, data loading outside the timer (e.g. 1000=data/inst1k)",
     )
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        default=1,
+        help="with --data: DataLoader worker processes (0: batches are decoded in the timed "
+        "process between steps, so no loader runs on the cores while a step is timed)",
+    )
     # Internal: run one configuration ("head:n_classes") and print one JSON result line.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -129,7 +136,7 @@ def batches(args: argparse.Namespace, n_classes: int, model: Any) -> Iterator[tu
         ImageDataset(splits.train, transform),
         batch_size=args.batch_size,
         sampler=sampler,
-        num_workers=1,
+        num_workers=args.loader_workers,
         collate_fn=collate_skipping,
         drop_last=True,
     )
@@ -265,6 +272,7 @@ def child_command(args: argparse.Namespace, head: str, n_classes: int) -> list[s
         "--seed",
         str(args.seed),
         *(["--data", *args.data] if args.data else []),
+        *(["--loader-workers", str(args.loader_workers)] if args.data else []),
     ]
 
 
@@ -334,7 +342,9 @@ def header(args: argparse.Namespace) -> str:
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     data = (
-        "real, from shards (" + ", ".join(f"{k:,}: {v}" for k, v in args.sources.items()) + ")"
+        "real, from shards ("
+        + ", ".join(f"{k:,}: {v}" for k, v in args.sources.items())
+        + f"), {args.loader_workers} loader worker(s)"
         if args.sources
         else "synthetic (random pixels, uniform labels)"
     )

@@ -242,6 +242,7 @@ def test_train_scaling_runs_on_shards(tmp_path: Path) -> None:
         assert done.value.code in (0, None)
     fast = "--classes 12 20 --steps 2 --warmup 1 --model test_resnet --batch-size 8 --img-size 16"
     data = ["--data", f"12={tmp_path / 'inst12'}", f"20={tmp_path / 'inst20'}"]
+    data += ["--loader-workers", "0"]  # as the second run of benchmarks.md
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_scaling.py"), *fast.split(), *data],
         capture_output=True,
