@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,3 +137,13 @@ def assert_same_shape(a: Any, b: Any, where: str = "") -> None:
         assert_same_shape(a[0], b[0], f"{where}[0]")
     elif a is not None and b is not None:
         assert type(a) is type(b), where
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """Ask a server process the tests started to stop (SIGTERM); kill it if it will not."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

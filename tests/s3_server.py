@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from helpers import stop_process
+
 BUCKET = "lscindex-test"
 
 
@@ -50,12 +52,7 @@ def moto_server(log: Path) -> Iterator[str]:
                 time.sleep(0.1)
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def s3_environment(endpoint: str) -> dict[str, str]:

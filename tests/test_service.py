@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import assert_same_shape, documented_json, run_cli, strict_json
+from helpers import assert_same_shape, documented_json, run_cli, stop_process, strict_json
 
 from lscindex.errors import DataError, InputError
 from lscindex.retrieval import Retriever
@@ -112,12 +112,7 @@ def server(
     try:
         yield wait_for_server(proc, log), log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
