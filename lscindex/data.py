@@ -70,12 +70,12 @@ class DatasetSplits:
 
     train: Sequence[tuple[str, int]]
     val: Sequence[tuple[str, int]]
-    class_names: list[str]
+    class_names: Sequence[str]
     source: str
-    class_keys: list[str] | None = None
+    class_keys: Sequence[str] | None = None
 
     @property
-    def keys(self) -> list[str]:
+    def keys(self) -> Sequence[str]:
         return self.class_keys if self.class_keys is not None else self.class_names
 
     @property

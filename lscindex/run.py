@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lscindex._class_names import ClassNames, names_json_bytes, parse_names_json
 from lscindex._io import atomic_write_bytes, atomic_write_json, file_sha256
 from lscindex._location import PathOrUrl, as_location
 from lscindex.assignment import table_sha256
@@ -259,29 +260,34 @@ def _check_data_config(path: Path, config: dict[str, Any], in_chans: int, img_si
             )
 
 
-def _load_class_names(run_dir: Path, n_classes: int) -> tuple[list[str], list[str]]:
+def _load_class_names(run_dir: Path, n_classes: int) -> tuple[ClassNames, ClassNames]:
     """classes.json, and class_keys.json where there is one (else the names again)."""
     names = _read_names(run_dir / CLASSES, n_classes)
     keys_path = run_dir / CLASS_KEYS
     return names, _read_names(keys_path, n_classes) if keys_path.is_file() else names
 
 
-def _read_names(path: Path, n_classes: int) -> list[str]:
+def _read_names(path: Path, n_classes: int) -> ClassNames:
     """A JSON list of ``n_classes`` strings; RunError naming the file otherwise."""
     if not path.is_file():
         raise RunError(f"{path} does not exist; the run is incomplete, train it again")
-    value = _read_json(path)
-    if not (
-        isinstance(value, list)
-        and len(value) == n_classes
-        and all(isinstance(v, str) for v in value)
-    ):
-        got = f"a list of {len(value):,}" if isinstance(value, list) else type(value).__name__
+    try:
+        names = parse_names_json(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        names = None
+    if names is None or len(names) != n_classes:
+        # the slow parse, only to say what is wrong (not JSON, not a list, not strings)
+        value = _read_json(path) if names is None else names
+        got = (
+            f"a list of {len(value):,}"
+            if isinstance(value, list | ClassNames)
+            else type(value).__name__
+        )
         raise RunError(
             f"{path} must list the run's {n_classes:,} class names as strings, got {got}; "
             f"{_DAMAGED}"
         )
-    return value
+    return names
 
 
 def write_run_config(
@@ -345,9 +351,10 @@ def write_class_names(
 ) -> None:
     """Write classes.json, and class_keys.json where the keys differ from the names."""
     run_dir = Path(run_dir)
-    atomic_write_json(run_dir / CLASSES, list(names))
-    if list(keys) != list(names):
-        atomic_write_json(run_dir / CLASS_KEYS, list(keys))
+    # a block of names at a time: at 10^5-10^6 classes a list of them costs more than the rest
+    atomic_write_bytes(run_dir / CLASSES, names_json_bytes(names))
+    if keys is not names and keys != names:
+        atomic_write_bytes(run_dir / CLASS_KEYS, names_json_bytes(keys))
 
 
 def read_metrics(
@@ -458,8 +465,8 @@ class Run:
     config: dict[str, Any]
     model: Any
     system: Any
-    class_names: list[str]
-    class_keys: list[str]
+    class_names: Sequence[str]
+    class_keys: Sequence[str]
     transform: Any
     fingerprint: str
     device: torch.device

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lscindex._class_names import ClassNames, parse_names_json
 from lscindex.errors import DataError
 
 __all__ = [
@@ -108,12 +109,15 @@ class ShardSource:
         self.is_val = np.concatenate(splits) if splits else np.zeros(0, bool)
         column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)
         self.labels, self.label_names, n_classes = _labels(column, files[0])
+        del raw, column, splits
+        # the label/split columns were read through Arrow's pool, which keeps freed pages
+        pa.default_memory_pool().release_unused()
         self.class_names = _names(root, self.label_names, n_classes)
 
     @property
-    def class_keys(self) -> list[str]:
+    def class_keys(self) -> Sequence[str]:
         """The labels as the source spells them (``"0"``, ``"1"``, ... for integers)."""
-        return self.label_names or [str(i) for i in range(len(self.class_names))]
+        return self.label_names or _numbers(len(self.class_names))
 
     @property
     def n_rows(self) -> int:
@@ -182,17 +186,22 @@ def _labels(
     )
 
 
-def _names(root: Path, label_names: list[str] | None, n_classes: int) -> list[str]:
+def _names(root: Path, label_names: list[str] | None, n_classes: int) -> Sequence[str]:
     """classes.json beside the shards when it names every class, else the string labels, else
-    the label numbers."""
+    the label numbers (as :class:`ClassNames`: 600k Python strings would cost ~70 MiB)."""
     listing = (root if root.is_dir() else root.parent) / "classes.json"
     try:
-        names = json.loads(listing.read_text(encoding="utf-8"))
+        names = parse_names_json(listing.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         names = None
-    if isinstance(names, list) and len(names) == n_classes:
-        return [str(n) for n in names]
-    return label_names or [str(i) for i in range(n_classes)]
+    if names is not None and len(names) == n_classes:
+        return names
+    return label_names or _numbers(n_classes)
+
+
+def _numbers(n: int) -> ClassNames:
+    """``"0"``, ``"1"``, ... ``str(n - 1)``."""
+    return ClassNames(pc.cast(pa.array(np.arange(n, dtype=np.int64)), pa.string()))
 
 
 def open_shards(path: str | os.PathLike[str]) -> ShardSource:
