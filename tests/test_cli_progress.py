@@ -267,6 +267,27 @@ def test_train_prints_a_line_per_step_and_per_val_batch(logged_run: tuple[Path, 
     assert last_val < summary < epoch_2
 
 
+def test_train_reports_the_matching_passes(logged_run: tuple[Path, str]) -> None:
+    """The data assignment embeds a few images per class before the first step and at the
+    re-match after step 6; each pass is reported in images, ending complete."""
+    _, stdout = logged_run
+    lines = stdout.splitlines()
+    matches = progress_lines(stdout, "match classes to targets")
+    assert matches and {m["unit"] for m in matches} == {"images"}
+    assert all(m["rate_unit"] == "img/s" and float(m["rate"].replace(",", "")) > 0 for m in matches)
+    ends = [m for m in matches if m["done"] == m["total"]]
+    assert len(ends) == 2  # the first matching, and the re-match (no leftovers at 6 classes)
+    at = [i for i, x in enumerate(lines) if x.startswith("match classes")]
+    step = {
+        x.split(":")[0].split()[-1]: i
+        for i, x in enumerate(lines)
+        if x.startswith("train epoch 1/2 step")
+    }
+    # the first matching before step 1; the re-match after step 6's update, before its line
+    assert [i < step["1/6"] or step["5/6"] < i < step["6/6"] for i in at] == [True] * len(at)
+    assert any(step["5/6"] < i < step["6/6"] for i in at) and at[0] < step["1/6"]
+
+
 def test_embed_and_index_print_lines_with_rate_and_eta(
     logged_run: tuple[Path, str],
     image_folder: Path,

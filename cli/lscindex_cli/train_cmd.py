@@ -98,6 +98,20 @@ class TrainProgress(TrainCallbacks):
             eta_s=_known(self._eta(epoch)),
         )
 
+    def on_match(self, *, images: int, total: int, img_per_s: float) -> None:
+        # its own job: the ETA of the run counts steps and validations, not matchings
+        self.reporter.update(
+            "match",
+            images,
+            total,
+            label="match classes to targets (class means)",
+            unit="images",
+            rate=img_per_s,
+            rate_unit="img/s",
+        )
+        if images >= total:
+            self.reporter.finish("match")
+
     def on_epoch(self, metrics: EpochMetrics) -> None:
         self.reporter.finish("val")
         self.val_done = self.val_steps  # this epoch's validation is behind, even if it was empty

@@ -107,6 +107,7 @@ class _Job:
     system: VectorSystem | None
     loss_fn: torch.nn.Module
     assign_samples: Sequence[tuple[Any, int]] = field(default_factory=list)
+    callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -132,8 +133,12 @@ class _Job:
                 amp_dtype=self.amp_dtype,
                 device=self.device,
                 ranks=self.ranks,
+                progress=self._match_progress,
             )
         )
+
+    def _match_progress(self, images: int, total: int, img_per_s: float) -> None:
+        self.callbacks.on_match(images=images, total=total, img_per_s=img_per_s)
 
 
 def fit(
@@ -170,6 +175,7 @@ def fit(
             if ranks.rank != 0 or callbacks is None:
                 callbacks = TrainCallbacks()
             job, state = _setup(config, resume, ranks, device)
+            job.callbacks = callbacks
             progress = _start(job, state, resume)
             return _train(job, progress, state, callbacks)
 

@@ -8,7 +8,8 @@ computes the same table.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ def match_from_model(
     amp_dtype: torch.dtype | None,
     device: torch.device,
     ranks: Ranks,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> VectorSystem:
     """Re-match classes to targets from the model's current class means.
 
@@ -79,6 +81,8 @@ def match_from_model(
         samples: (path, label) pairs to average, from :func:`assignment_samples`.
         transform: the eval transform (no augmentation).
         margin: see :func:`lscindex.assignment.match_classes`.
+        progress: called after each batch with (images embedded, images in this pass, images
+            per second), all ranks together; a pass is every class, then the leftovers.
 
     Returns:
         ``system`` with the new table. Nothing of size n_classes x dim is ever held: the sums
@@ -91,6 +95,8 @@ def match_from_model(
     was_training = model.training
 
     def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        total = int(np.count_nonzero(np.isin(labels, class_ids)))
+        done, started = 0, time.perf_counter()
         for start in range(0, len(class_ids), MEAN_BLOCK):
             block = class_ids[start : start + MEAN_BLOCK]
             chosen = np.flatnonzero(np.isin(labels, block))
@@ -111,6 +117,10 @@ def match_from_model(
                     rows = torch.from_numpy(np.searchsorted(block, batch_labels.numpy()))
                     _, out = encode(model, images.to(device), amp_dtype=amp_dtype)
                     sums.index_add_(0, rows.to(device), out)
+                    if progress is not None:
+                        done = min(done + len(batch_labels) * ranks.world, total)
+                        rate = done / max(time.perf_counter() - started, 1e-9)
+                        progress(done, total, rate)
             model.train(was_training)
             if ranks.world > 1:
                 dist.all_reduce(sums)

@@ -71,6 +71,14 @@ class TrainCallbacks:
         validation images per second since this validation began, all processes together.
         """
 
+    def on_match(self, *, images: int, total: int, img_per_s: float) -> None:
+        """While the data assignment computes class means: ``images`` of ``total`` embedded.
+
+        Matching happens before the first step and at each re-match; at 10^5-10^6 classes it
+        embeds a few images of every class, which takes minutes. A second, shorter pass embeds
+        the classes whose candidates all went to others. All processes together.
+        """
+
     def on_epoch(self, metrics: EpochMetrics) -> None:
         pass
 
