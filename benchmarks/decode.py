@@ -6,6 +6,12 @@ agreement between the two, and the peak memory each needs.
 
     python benchmarks/decode.py                  # 2 threads, 10,000 queries, ~2 minutes
     python benchmarks/decode.py --classes 1000 --queries 2000 --repeats 3   # quick look
+
+With ``--run RUN --store STORE`` the queries are real: the first ``--queries`` embeddings of a
+store that ``lscindex embed`` wrote with that run, decoded through the run's own system (its
+data assignment included), against a flat index over every one of the run's class targets.
+
+    python benchmarks/decode.py --run runs/inst600k --store val600k.zarr
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--faiss-queries", type=int, default=2000, help="subset timed for faiss")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args()
+    parser.add_argument("--run", help="a trained LSC run: decode through its system")
+    parser.add_argument("--store", help="with --run: queries are this store's embeddings")
+    args = parser.parse_args()
+    if (args.run is None) != (args.store is None):
+        parser.error("--run and --store go together")
+    return args
 
 
 ARGS = parse_args()
@@ -60,9 +71,31 @@ def make_queries(system: VectorSystem, count: int, rng: np.random.Generator) -> 
     return np.concatenate([random, near]).astype(np.float32)
 
 
+def store_queries(run_dir: str, store_path: str) -> tuple[VectorSystem, np.ndarray]:
+    """The run's system and the first ``--queries`` readable embeddings of the store, float32."""
+    import pyarrow.compute as pc
+
+    from lscindex import open_run, open_store
+
+    system = open_run(run_dir, device="cpu").system
+    if system is None:
+        sys.exit(f"{run_dir} is a ce run: it has no targets to decode to")
+    store = open_store(store_path)
+    ok = np.flatnonzero(pc.equal(store.metadata.column("status"), "ok").to_numpy(False))
+    if len(ok) < ARGS.queries:
+        sys.exit(f"{store_path} has {len(ok):,} readable rows; fewer than --queries")
+    embeddings = np.asarray(store.embeddings[: int(ok[ARGS.queries - 1]) + 1], np.float32)
+    return system, embeddings[ok[: ARGS.queries]]
+
+
 def run(n_classes: int, rng: np.random.Generator) -> dict[str, float]:
     system = VectorSystem.create(ARGS.kind, n_classes)
-    queries = make_queries(system, ARGS.queries, rng)
+    return compare(system, make_queries(system, ARGS.queries, rng))
+
+
+def compare(system: VectorSystem, queries: np.ndarray) -> dict[str, float]:
+    """Analytic decode vs a flat search over all ``system.n_classes`` targets on ``queries``."""
+    n_classes = system.n_classes
     unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     system.decode(queries[:100], k=5, threads=ARGS.threads)  # warm-up
 
@@ -111,7 +144,7 @@ def main() -> None:
     faiss.omp_set_num_threads(ARGS.threads)
     print(
         f"# decode benchmark: {ARGS.kind} at n_min, {ARGS.queries:,} queries (half random, half "
-        f"near-target), {ARGS.threads} threads, median of {ARGS.repeats} runs "
+        f"near-target, unless from a store), {ARGS.threads} threads, median of {ARGS.repeats} runs "
         f"(faiss timed on {ARGS.faiss_queries:,} of them)"
     )
     print(
@@ -119,7 +152,12 @@ def main() -> None:
         f"lscindex {lscindex.__version__}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cpus"
     )
-    rows = [run(n, np.random.default_rng(0)) for n in ARGS.classes]
+    if ARGS.store is not None:
+        system, queries = store_queries(ARGS.run, ARGS.store)
+        print(f"# queries: {len(queries):,} embeddings of {ARGS.store} (run {ARGS.run})")
+        rows = [compare(system, queries)]
+    else:
+        rows = [run(n, np.random.default_rng(0)) for n in ARGS.classes]
     print()
     print(
         "| classes | dim | analytic top-1 q/s | faiss top-1 q/s | ratio | analytic top-5 q/s "

@@ -152,6 +152,7 @@ def build_store(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     overwrite: bool = False,
     append: bool = False,
+    split: str = "all",
     progress: Callable[[int, int, float], None] | None = None,
 ) -> EmbedReport:
     """Embed every input image with a run's encoder into a zarr (or ``.parquet``) store.
@@ -178,6 +179,8 @@ def build_store(
             holds for the same file is skipped, for another file refused) as rows after its
             own, keeping its dtype and chunk size; resumable like a new store. A missing
             ``out`` is created.
+        split: ``"train"`` or ``"val"``: only that split's rows of parquet shard sources
+            (every input must be one); ``"all"`` (default): every row.
         progress: called as ``progress(rows_done, rows_to_do, images_per_s)``.
 
     Returns:
@@ -204,7 +207,7 @@ def build_store(
     # Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
     # refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
     with process_group(opened.device, backend="gloo"), _rank0_lock(final, here):
-        items = resolve_inputs(inputs, opened.class_keys, opened.class_names)
+        items = resolve_inputs(inputs, opened.class_keys, opened.class_names, split=split)
         existing = _existing_store(final) if append else None
         if existing is not None:
             return _append(opened, final, items, existing, batch_size, workers, progress, started)

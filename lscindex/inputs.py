@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lscindex.data import IMAGE_EXTENSIONS, MANIFEST_SUFFIXES, list_images, read_manifest
-from lscindex.errors import DataError
+from lscindex.errors import ConfigError, DataError
 from lscindex.shards import is_shard_source
 
 __all__ = ["EmbedItem", "resolve_inputs"]
@@ -32,6 +32,8 @@ def resolve_inputs(
     inputs: Sequence[str | os.PathLike[str]],
     class_keys: Sequence[str],
     class_names: Sequence[str] = (),
+    *,
+    split: str = "all",
 ) -> list[EmbedItem]:
     """Expand folders (recursive), manifests and files into items, in a stable order.
 
@@ -41,15 +43,21 @@ def resolve_inputs(
     of an image in a sub-folder of an input folder, or the manifest's label, numbered in sorted
     order.
 
+    ``split`` ``"train"`` or ``"val"`` keeps only that split's rows of parquet shard sources
+    (:mod:`lscindex.shards`), and every input must then be one; ``"all"`` keeps every row.
+
     Raises:
-        DataError: a path that does not exist, or no inputs at all.
+        DataError: a path that does not exist, no inputs at all, or ``split`` with an input that
+        is not a shard source.
     """
+    if split not in ("all", "train", "val"):
+        raise ConfigError(f"split must be 'all', 'train' or 'val', got {split!r}")
     if not class_keys and not class_names:
         # Resolved against a class no folder can be named ("\0": every label -1), then labelled.
-        return _open_labels(resolve_inputs(inputs, ["\0"]), inputs)
+        return _open_labels(resolve_inputs(inputs, ["\0"], split=split), inputs)
     lookup = {str(k): i for i, k in enumerate(class_keys)}
     lookup.update({str(n): i for i, n in enumerate(class_names) if str(n) not in lookup})
-    names = list(class_names) or list(class_keys)
+    names = class_names if len(class_names) else class_keys
 
     def labelled(item_id: str, path: Path, key: str | None) -> EmbedItem:
         label = lookup.get(key, -1) if key is not None else -1
@@ -63,7 +71,12 @@ def resolve_inputs(
                 f"input {source} does not exist; pass image files, folders or manifests"
             )
         if is_shard_source(source):
-            items.extend(_shard_items(source, lookup, names))
+            items.extend(_shard_items(source, lookup, names, split))
+        elif split != "all":
+            raise DataError(
+                f"input {source} is not a parquet shard source, so it has no {split!r} split; "
+                f"pass the {split} images themselves (e.g. the {split}/ folder) without --split"
+            )
         elif source.is_dir():
             for path in list_images(source):
                 items.append(labelled(str(path.relative_to(source)), path, path.parent.name))
@@ -105,9 +118,12 @@ def _open_labels(
     ]
 
 
-def _shard_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:
-    """One item per row of a shard source (:mod:`lscindex.shards`): its id is the image's
-    ``path`` field (else ``<shard>#<row>``), its label the row's label as a class of the run."""
+def _shard_items(
+    path: Path, lookup: dict[str, int], names: Sequence[str], split: str
+) -> list[EmbedItem]:
+    """One item per row of a shard source (:mod:`lscindex.shards`), or per row of one split:
+    its id is the image's ``path`` field (else ``<shard>#<row>``), its label the row's label as
+    a class of the run."""
     import pyarrow.parquet as pq
 
     from lscindex.shards import open_shards
@@ -123,6 +139,8 @@ def _shard_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[E
         start = int(shards.offsets[f])
         stored = pq.read_table(file, columns=["image.path"]).column(0).to_pylist()
         for row, image_path in enumerate(stored):
+            if split != "all" and shards.is_val[start + row] != (split == "val"):
+                continue
             label = run_label[int(shards.labels[start + row])]
             items.append(
                 EmbedItem(
@@ -135,7 +153,7 @@ def _shard_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[E
     return items
 
 
-def _manifest_items(path: Path, lookup: dict[str, int], names: list[str]) -> list[EmbedItem]:
+def _manifest_items(path: Path, lookup: dict[str, int], names: Sequence[str]) -> list[EmbedItem]:
     """Items of a manifest; an integer label is a class id of the run (-1 when out of range), any
     other label a class key or name of the run (-1 when unknown)."""
     items = []

@@ -148,6 +148,29 @@ def test_train_embed_and_query_from_shards_end_to_end(
     assert code == 0, err
     assert '"row": 0' in text  # the image finds itself among the stored rows
 
+    # --split val on the whole folder: the val rows only, as embedding the val shard gives
+    split = tmp_path / "split.zarr"
+    embed_split = ["embed", str(shards), "--run", str(run), "--out", str(split), "--split"]
+    code, _, err = run_cli([*embed_split, "val"], capsys)
+    assert code == 0, err
+    by_split = open_store(split)
+    assert by_split.metadata.column("id").to_pylist() == [m["id"] for m in meta]
+    assert by_split.metadata.column("label").to_pylist() == [m["label"] for m in meta]
+    np.testing.assert_array_equal(by_split.embeddings[:], store.embeddings[:])
+    code, _, err = run_cli([*embed_split, "train", "--overwrite"], capsys)
+    assert code == 0, err
+    assert len(open_store(split)) == 48
+    # a folder of image files has no split column: one line, nothing written
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(90))
+    bad = tmp_path / "bad.zarr"
+    code, _, err = run_cli(
+        ["embed", str(folder), "--run", str(run), "--out", str(bad), "--split", "val"], capsys
+    )
+    assert code == 1 and f"input {folder} is not a parquet shard source" in err
+    assert len(err.strip().splitlines()) == 1 and not bad.exists()
+
 
 def test_a_copied_shard_folder_is_the_same_data(shards: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"

@@ -81,6 +81,13 @@ def embed(
             "then index --update."
         ),
     ] = False,
+    split: Annotated[
+        str,
+        choice_option(
+            help="train or val: only that split's rows of parquet shard sources.",
+            choices=("all", "train", "val"),
+        ),
+    ] = default_of(build_store, "split"),
     log_interval: LogIntervalOption = LOG_INTERVAL,
 ) -> None:
     """Embed images with a trained run (or a plain timm model) into a resumable zarr or parquet
@@ -104,6 +111,7 @@ def embed(
             chunk_rows=chunk_rows,
             overwrite=overwrite,
             append=append,
+            split=split,
             progress=progress,
         )
     _print_report(report, out, append=append)
