@@ -265,8 +265,9 @@ def _greedy_match_owned(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
 
 
 MeanSource = Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]]
-"""``source(class_ids)`` yields ``(ids, means)`` blocks covering the ascending ``class_ids``:
-ids (B,) int64 and means (B, dim) float32 (all-zero rows for classes without samples)."""
+"""``source(class_ids)`` yields ``(ids, means)`` blocks covering the ascending ``class_ids``,
+each class once, the blocks in any order (a source reading images goes in storage order): ids
+(B,) int64 and means (B, dim) float32 (all-zero rows for classes without samples)."""
 
 
 def array_source(means: np.ndarray, *, block: int = 1 << 16) -> MeanSource:
@@ -348,7 +349,9 @@ def match_classes(
     del ids, scores
     left = np.flatnonzero((table < 0) & seen)
     if left.size:
-        left_means = np.concatenate([m for _, m in _checked(source(left), system)])
+        left_means = np.zeros((len(left), system.dim), dtype=np.float32)
+        for block, block_means in _checked(source(left), system):
+            left_means[np.searchsorted(left, block)] = block_means
         if not _match_leftovers_exact(system, left_means, left, table, candidates):
             _match_leftovers_enumerated(system, left_means, left, table, candidates)
     _fill_free(table, system.n_vectors)

@@ -105,6 +105,25 @@ def test_match_is_one_to_one_deterministic_and_close_to_the_full_greedy(
     assert mean_cos(table) > mean_cos(system.vector_ids(np.arange(n_classes))) + 0.3
 
 
+def test_a_mean_source_may_give_its_blocks_in_any_order() -> None:
+    """Training's source goes through shard samples in storage order, not class order: the
+    table (leftovers included) is the one the means in memory give."""
+    system = VectorSystem.create("v21", 2000)
+    means = np.random.default_rng(5).standard_normal((2000, system.dim)).astype(np.float32)
+    order = np.random.default_rng(6).permutation(2000)
+    asked: list[int] = []
+
+    def shuffled(class_ids: np.ndarray):  # type: ignore[no-untyped-def]
+        asked.append(len(class_ids))
+        mine = order[np.isin(order, class_ids)]  # class_ids in a scrambled order
+        for start in range(0, len(mine), 7):
+            block = np.sort(mine[start : start + 7])
+            yield block, means[block]
+
+    np.testing.assert_array_equal(match_classes(system, shuffled), match_classes(system, means))
+    assert len(asked) == 2 and 0 < asked[1] < 2000  # every class, then the leftovers
+
+
 def test_classes_without_samples_get_free_vectors() -> None:
     system = VectorSystem.create("v21", 200)
     means = np.random.default_rng(3).standard_normal((200, system.dim)).astype(np.float32)

@@ -59,6 +59,25 @@ def _subset(samples: Sequence[tuple[Any, int]], chosen: np.ndarray) -> Sequence[
     return [samples[int(i)] for i in chosen]
 
 
+def _blocks(
+    samples: Sequence[tuple[Any, int]], labels: np.ndarray, class_ids: np.ndarray
+) -> Iterator[np.ndarray]:
+    """``class_ids`` in ascending blocks of :data:`MEAN_BLOCK` classes.
+
+    Shard samples: the classes in the storage order of their first sample, so that a block's
+    images lie in a few shards. In class-id order, every block of a 600k-class source would
+    read every shard again (48 x 37 shard reads, not ~48 + 37).
+    """
+    order = class_ids
+    if isinstance(samples, ShardSamples):
+        first = np.full(int(class_ids.max(initial=-1)) + 1, np.iinfo(np.int64).max, np.int64)
+        wanted = np.isin(labels, class_ids)
+        np.minimum.at(first, labels[wanted], samples.rows[wanted])
+        order = class_ids[np.argsort(first[class_ids], kind="stable")]
+    for start in range(0, len(order), MEAN_BLOCK):
+        yield np.sort(order[start : start + MEAN_BLOCK])
+
+
 def match_from_model(
     model: Encoder,
     system: VectorSystem,
@@ -97,8 +116,7 @@ def match_from_model(
     def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         total = int(np.count_nonzero(np.isin(labels, class_ids)))
         done, started = 0, time.perf_counter()
-        for start in range(0, len(class_ids), MEAN_BLOCK):
-            block = class_ids[start : start + MEAN_BLOCK]
+        for block in _blocks(samples, labels, class_ids):
             chosen = np.flatnonzero(np.isin(labels, block))
             sums = torch.zeros(len(block), system.dim, dtype=torch.float32, device=device)
             loader = ordered_loader(
