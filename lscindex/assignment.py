@@ -67,6 +67,13 @@ _COSINE_ROWS = 1 << 13  # rows per block when scoring the current vectors
 # Leftovers are searched among the listed free vectors when these take at most this many bytes
 # (near n_min); otherwise each enumerates up to _MAX_ENUMERATED of its nearest vectors.
 _MAX_FREE_BYTES = 64 << 20
+# Leftovers are matched again only while their candidates take at most this many bytes (and
+# only while a round still matches a share of them). Past that, the means barely differ, as an
+# untrained network's do at 10^5-10^6 classes (all its class means within a few degrees, so
+# every class wants the same few vectors): nearer vectors cannot be told apart, and the
+# leftovers take the lowest free vectors without a second pass over their images.
+_MAX_LEFTOVER_BYTES = 256 << 20
+_MIN_ROUND_SHARE = 0.01
 _MAX_ENUMERATED = 1024
 _MAX_ENUMERATED_ALL = 4096  # the most VectorSystem.nearest_vectors gives
 
@@ -316,7 +323,9 @@ def match_classes(
         InputError: means not (n_classes, dim), or holding NaN/inf.
 
     Memory: ``candidates x n_classes`` ids and scores (8 x 600k x 12 B = 58 MB at the default),
-    one block of means, and the leftovers' means.
+    one block of means, and the leftovers' means and candidates (at most 256 MiB: past that,
+    and when a round of the exact search matches under 1% of them, the leftovers take the
+    lowest free vectors).
     """
     if candidates < 1:
         raise ConfigError(f"candidates must be >= 1, got {candidates}")
@@ -348,11 +357,12 @@ def match_classes(
     table, _ = _greedy_match_owned(ids, scores)
     del ids, scores
     left = np.flatnonzero((table < 0) & seen)
-    if left.size:
+    if left.size and left.size * _GROWTH * candidates * 12 <= _MAX_LEFTOVER_BYTES:
         left_means = np.zeros((len(left), system.dim), dtype=np.float32)
         for block, block_means in _checked(source(left), system):
             left_means[np.searchsorted(left, block)] = block_means
-        if not _match_leftovers_exact(system, left_means, left, table, candidates):
+        exact = _match_leftovers_exact(system, left_means, left, table, candidates)
+        if not exact and left.size * _MAX_ENUMERATED * 12 <= _MAX_LEFTOVER_BYTES:
             _match_leftovers_enumerated(system, left_means, left, table, candidates)
     _fill_free(table, system.n_vectors)
     return table
@@ -429,6 +439,8 @@ def _match_leftovers_exact(
         sub, _ = _greedy_match_owned(ids, scores)
         table[classes[pending]] = sub
         free[sub[sub >= 0]] = False
+        if np.count_nonzero(sub >= 0) < _MIN_ROUND_SHARE * pending.size:
+            return True  # the means barely differ: the rest take the lowest free vectors
 
 
 def _match_leftovers_enumerated(

@@ -124,6 +124,41 @@ def test_a_mean_source_may_give_its_blocks_in_any_order() -> None:
     assert len(asked) == 2 and 0 < asked[1] < 2000  # every class, then the leftovers
 
 
+@pytest.mark.parametrize("budget", [None, 1 << 16])
+def test_means_that_barely_differ_end_on_the_lowest_free_vectors(
+    budget: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An untrained network's class means: every class wants the same few vectors. The exact
+    search stops once a round matches under 1% of the leftovers; past the leftovers' memory
+    budget their images are not even embedded again. Either way the table is one-to-one."""
+    from lscindex import assignment
+
+    if budget is not None:
+        monkeypatch.setattr(assignment, "_MAX_LEFTOVER_BYTES", budget)
+    system = VectorSystem.create("v21", 20_000)
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(system.dim)
+    means = (base + 1e-4 * rng.standard_normal((20_000, system.dim))).astype(np.float32)
+    asked: list[int] = []
+
+    def source(class_ids: np.ndarray):  # type: ignore[no-untyped-def]
+        asked.append(len(class_ids))
+        yield class_ids, means[class_ids]
+
+    table = match_classes(system, source)
+    assert len(np.unique(table)) == 20_000 and table.min() >= 0
+    first, _ = greedy_match(*nearest_candidates(system, means))
+    left = np.flatnonzero(first < 0)
+    assert left.size > 19_000  # the first round matched a handful
+    if budget is not None:  # 19k leftovers x 64 candidates x 12 B > 64 KiB: no second pass
+        assert asked == [20_000]
+        taken = np.sort(first[first >= 0])
+        lowest = np.setdiff1d(np.arange(left.size + len(taken)), taken)[: left.size]
+        np.testing.assert_array_equal(table[left], lowest)
+    else:
+        assert asked == [20_000, left.size]
+
+
 def test_classes_without_samples_get_free_vectors() -> None:
     system = VectorSystem.create("v21", 200)
     means = np.random.default_rng(3).standard_normal((200, system.dim)).astype(np.float32)
