@@ -328,9 +328,10 @@ def load_dataset(
             f"data path {path} does not exist; pass an image folder (one sub-folder per class) "
             f"or a .parquet/.csv manifest"
         )
-    from lscindex.shards import is_shard_source
+    from lscindex.shards import give_back_freed_memory, is_shard_source
 
-    if is_shard_source(path):
+    shards = is_shard_source(path)
+    if shards:
         splits = _from_shards(path, val_fraction, seed)
     elif path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
@@ -357,17 +358,20 @@ def load_dataset(
     used = _used_labels(splits.train)
     if len(used) < 2:
         raise DataError(
-            f"{path} has a single class ({splits.class_names[next(iter(used))]!r}); training "
+            f"{path} has a single class ({splits.class_names[int(used[0])]!r}); training "
             f"needs at least 2 classes, one sub-folder each"
         )
+    if shards:
+        give_back_freed_memory()  # of 10^6-10^7 rows' temporaries
     return splits
 
 
-def _used_labels(samples: Sequence[tuple[str, int]]) -> set[int]:
+def _used_labels(samples: Sequence[tuple[str, int]]) -> np.ndarray:
+    """The distinct labels of ``samples``, ascending (no Python int per row or class)."""
     labels = getattr(samples, "labels", None)  # shard samples keep them in one array
-    if labels is not None:
-        return set(np.unique(labels).tolist())
-    return {label for _, label in samples}
+    if labels is None:
+        labels = np.fromiter((label for _, label in samples), dtype=np.int64)
+    return np.unique(labels)
 
 
 def _from_shards(path: Path, val_fraction: float, seed: int) -> DatasetSplits:

@@ -20,6 +20,7 @@ string labels, else the label numbers.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ from lscindex.errors import DataError
 __all__ = [
     "ShardSamples",
     "ShardSource",
+    "give_back_freed_memory",
     "is_shard_row",
     "is_shard_source",
     "open_shards",
@@ -110,9 +112,8 @@ class ShardSource:
         column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)
         self.labels, self.label_names, n_classes = _labels(column, files[0])
         del raw, column, splits
-        # the label/split columns were read through Arrow's pool, which keeps freed pages
-        pa.default_memory_pool().release_unused()
         self.class_names = _names(root, self.label_names, n_classes)
+        give_back_freed_memory()
 
     @property
     def class_keys(self) -> Sequence[str]:
@@ -141,6 +142,22 @@ class ShardSource:
         digest.update(self.is_val.tobytes())
         digest.update(json.dumps(self.label_names or len(self.class_names)).encode())
         return digest.hexdigest()[:16]
+
+
+def give_back_freed_memory() -> None:
+    """Return the pages that loading a source freed to the OS.
+
+    Reading 10^6-10^7 rows of labels and splits, and parsing 10^5-10^6 class names, frees tens
+    of MiB of temporaries that Arrow's memory pool and glibc's malloc would otherwise keep for
+    the life of the process (a training run's peak RSS grows by them): ~70 MiB at 600k classes
+    and 3M rows. A no-op where the C library is not glibc.
+    """
+    pa.default_memory_pool().release_unused()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def _read_columns(file: Path) -> pa.Table:
