@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from s3_server import make_bucket, moto_server, s3_environment
 
+from lscindex.store import open_store
 from lscindex_cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +231,60 @@ def test_decode_benchmark_runs_on_a_small_setting() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| 500 | 12 |" in result.stdout and "100.000%" in result.stdout
+
+
+# results.md's 600k-class commands on two small pip-font instance sets: (old, new) in order.
+SMALL_600K = [
+    ("--fonts system ", ""),
+    ("--classes 1000 600000", "--classes 12 20"),
+    ("1000=data/inst1k 600000=data/inst600k", "12=data/inst1k 20=data/inst600k"),
+    ("--classes 600000", "--classes 20"),
+    ("--classes 1000", "--classes 12"),
+    ("val-00000-of-00012.parquet", "val-00000-of-00001.parquet"),  # 20 rows: one val shard
+]
+SMALL_600K_SCRIPTS = {
+    "benchmarks/decode.py": "--queries 10 --faiss-queries 10 --repeats 1",
+    "benchmarks/train_scaling.py": "--steps 2 --warmup 1 --model test_resnet --batch-size 8 "
+    "--img-size 16 --rounds 1",
+}
+
+
+def console_lines(doc: Path, section: str) -> list[str]:
+    """The ``$ `` commands of the console blocks of one ``## `` section of ``doc``."""
+    text = doc.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```console\n(.*?)```", text, flags=re.S)
+    return [line[2:] for block in blocks for line in block.splitlines() if line.startswith("$ ")]
+
+
+def test_600k_section_runs_on_small_instance_sets(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every command of results.md's "600k classes", as written but on 20 and 12 classes of
+    the pip fonts, tiny models and a few steps (the real run is a documented benchmark)."""
+    lines = console_lines(ROOT / "docs" / "results.md", "600k classes")
+    assert any(line.startswith("lscindex embed") for line in lines)
+    monkeypatch.chdir(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for line in lines:
+        if line.startswith("bash scripts/install-cjk-fonts.sh"):
+            continue  # the suite does not install fonts; the pip fonts stand in for them
+        for old, new in SMALL_600K:
+            line = line.replace(old, new)
+        words = shlex.split(line)
+        if words[0] == "mkdir":  # a shell line: the training split alone, by symlinks
+            subprocess.run(["bash", "-c", line], check=True)
+            continue
+        if words[0] == "python":
+            fast = SMALL_600K_SCRIPTS[words[1]].split()
+            cmd = [sys.executable, str(ROOT / words[1]), *words[2:], *fast]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"{line!r}\n{proc.stderr[-3000:]}"
+            continue
+        assert words[0] == "lscindex", line
+        args = words[1:] + (["--size", "16", "--shard-rows", "20"] if words[1] == "data" else [])
+        with pytest.raises(SystemExit) as done:
+            main(with_fast_flags(args) if words[1] != "data" else args)
+        assert done.value.code in (0, None), line
+    assert len(open_store(tmp_path / "runs" / "val600k.zarr")) == 20  # the val split only
+    assert (tmp_path / "runs" / "ce600k" / "model.safetensors").is_file()
 
 
 def test_train_scaling_runs_on_shards(tmp_path: Path) -> None:
