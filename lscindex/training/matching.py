@@ -60,9 +60,13 @@ def _subset(samples: Sequence[tuple[Any, int]], chosen: np.ndarray) -> Sequence[
 
 
 def _blocks(
-    samples: Sequence[tuple[Any, int]], labels: np.ndarray, class_ids: np.ndarray
+    samples: Sequence[tuple[Any, int]],
+    labels: np.ndarray,
+    class_ids: np.ndarray,
+    wanted: np.ndarray,
 ) -> Iterator[np.ndarray]:
-    """``class_ids`` in ascending blocks of :data:`MEAN_BLOCK` classes.
+    """``class_ids`` in ascending blocks of :data:`MEAN_BLOCK` classes (``wanted``: which of
+    ``samples`` have one of them as label).
 
     Shard samples: the classes in the storage order of their first sample, so that a block's
     images lie in a few shards. In class-id order, every block of a 600k-class source would
@@ -71,7 +75,6 @@ def _blocks(
     order = class_ids
     if isinstance(samples, ShardSamples):
         first = np.full(int(class_ids.max(initial=-1)) + 1, np.iinfo(np.int64).max, np.int64)
-        wanted = np.isin(labels, class_ids)
         np.minimum.at(first, labels[wanted], samples.rows[wanted])
         order = class_ids[np.argsort(first[class_ids], kind="stable")]
     for start in range(0, len(order), MEAN_BLOCK):
@@ -114,9 +117,10 @@ def match_from_model(
     was_training = model.training
 
     def class_means(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        total = int(np.count_nonzero(np.isin(labels, class_ids)))
+        wanted = np.isin(labels, class_ids)
+        total = int(np.count_nonzero(wanted))
         done, started = 0, time.perf_counter()
-        for block in _blocks(samples, labels, class_ids):
+        for block in _blocks(samples, labels, class_ids, wanted):
             chosen = np.flatnonzero(np.isin(labels, block))
             sums = torch.zeros(len(block), system.dim, dtype=torch.float32, device=device)
             loader = ordered_loader(
