@@ -17,6 +17,7 @@ data assignment included), against a flat index over every one of the run's clas
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -24,6 +25,8 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+
+MIN_SAMPLE_S = 0.25
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,13 +57,28 @@ import lscindex  # noqa: E402
 from lscindex import VectorSystem  # noqa: E402
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
+def interleaved_rates(
+    samplers: dict[str, tuple[Callable[[], object], int]], repeats: int
+) -> dict[str, float]:
+    """Items per second of each ``(fn, items)``: the median of ``repeats`` samples.
+
+    The samples are taken in turn (analytic, faiss, analytic, ...), so that load from elsewhere
+    on a shared machine falls on both sides of a ratio alike; a call shorter than
+    ``MIN_SAMPLE_S`` is repeated within its sample until the sample lasts that long.
+    """
+    loops = {}
+    for name, (fn, _) in samplers.items():
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        loops[name] = max(1, math.ceil(MIN_SAMPLE_S / max(time.perf_counter() - start, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in samplers}
+    for _ in range(repeats):
+        for name, (fn, items) in samplers.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                fn()
+            samples[name].append(items * loops[name] / (time.perf_counter() - start))
+    return {name: statistics.median(rates) for name, rates in samples.items()}
 
 
 def make_queries(system: VectorSystem, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -100,10 +118,6 @@ def compare(system: VectorSystem, queries: np.ndarray) -> dict[str, float]:
     system.decode(queries[:100], k=5, threads=ARGS.threads)  # warm-up
 
     row: dict[str, float] = {"classes": n_classes, "dim": system.dim}
-    for k in (1, 5):
-        t = median_time(lambda k=k: system.decode(queries, k=k, threads=ARGS.threads), ARGS.repeats)
-        row[f"analytic_top{k}"] = len(queries) / t
-
     tracemalloc.start()
     ours = system.decode(queries, k=5, threads=ARGS.threads)
     row["analytic_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
@@ -117,10 +131,14 @@ def compare(system: VectorSystem, queries: np.ndarray) -> dict[str, float]:
     row["faiss_index_mb"] = index.ntotal * index.code_size / 2**20
 
     subset = unit[: ARGS.faiss_queries]
-    repeats = max(3, ARGS.repeats // 2)
+    samplers: dict[str, tuple[Callable[[], object], int]] = {}
     for k in (1, 5):
-        t = median_time(lambda k=k: index.search(subset, k), repeats)
-        row[f"faiss_top{k}"] = len(subset) / t
+        samplers[f"analytic_top{k}"] = (
+            lambda k=k: system.decode(queries, k=k, threads=ARGS.threads),
+            len(queries),
+        )
+        samplers[f"faiss_top{k}"] = (lambda k=k: index.search(subset, k), len(subset))
+    row.update(interleaved_rates(samplers, ARGS.repeats))
 
     # One extra neighbour, so that a tie between the 5th and 6th best counts as a tie.
     scores6, ids6 = index.search(unit, 6)
@@ -144,8 +162,9 @@ def main() -> None:
     faiss.omp_set_num_threads(ARGS.threads)
     print(
         f"# decode benchmark: {ARGS.kind} at n_min, {ARGS.queries:,} queries (half random, half "
-        f"near-target, unless from a store), {ARGS.threads} threads, median of {ARGS.repeats} runs "
-        f"(faiss timed on {ARGS.faiss_queries:,} of them)"
+        f"near-target, unless from a store), {ARGS.threads} threads, median of {ARGS.repeats} "
+        f"samples of >= {MIN_SAMPLE_S} s each, analytic and faiss in turn (faiss timed on "
+        f"{ARGS.faiss_queries:,} of the queries)"
     )
     print(
         f"# python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "

@@ -66,11 +66,13 @@ class FeistelPermutation:
         self._keys = [np.uint64(k) for k in splitmix64(seed, _ROUNDS)]
 
     def _round(self, r: np.ndarray, key: np.uint64) -> np.ndarray:
-        v = (r ^ key) * _MUL1
+        v = r ^ key
+        v *= _MUL1
         v ^= v >> _SHIFT1
         v *= _MUL2
         v ^= v >> _SHIFT2
-        return v & self._mask
+        v &= self._mask
+        return v
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> self._half, x & self._mask

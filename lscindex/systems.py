@@ -420,22 +420,20 @@ class VectorSystem:
         a, b = self._spec.a, self._spec.b
         rows = np.arange(len(e))[:, None, None]
 
-        def half(x: np.ndarray, sign: float, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        def half(x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+            # Dots with x: for the mirrored half x = -e, and x . v is e's dot with -v.
             if count == 1:
                 plus, minus = _decode.top_1(x, a, b)
                 plus, minus = plus[:, None], minus[:, None]
+                dots = _decode.dots(np.concatenate([x[rows, plus], x[rows, minus]], axis=-1), a)
             else:
-                plus, minus = _decode.top_k(x, a, b, min(count, self._half))
-            # Exact sums in float64, so equal vectors score equal whatever path found them.
-            dots = e[rows, plus].astype(np.float64).sum(-1) - e[rows, minus].astype(np.float64).sum(
-                -1
-            )
-            return self._rank(plus, minus) + offset, sign * dots
+                plus, minus, dots = _decode.top_k(x, a, b, min(count, self._half))
+            return self._rank(plus, minus) + offset, dots
 
-        vids, dots = half(e, 1.0, 0)
+        vids, dots = half(e, 0)
         if not self._spec.symmetric:
             return vids, dots
-        vids2, dots2 = half(-e, -1.0, self._half)
+        vids2, dots2 = half(-e, self._half)
         vids = np.concatenate([vids, vids2], axis=1)
         dots = np.concatenate([dots, dots2], axis=1)
         order = np.argsort(-dots, axis=1, kind="stable")[:, :count]
