@@ -120,6 +120,7 @@ def batches(args: argparse.Namespace, n_classes: int, model: Any) -> Iterator[tu
 
     from lscindex.data import ImageDataset, collate_skipping, load_dataset
     from lscindex.model import create_train_transform
+    from lscindex.shards import give_back_freed_memory
     from lscindex.training.sampling import EpochSampler
 
     splits = load_dataset(args.sources[n_classes])
@@ -127,13 +128,15 @@ def batches(args: argparse.Namespace, n_classes: int, model: Any) -> Iterator[tu
         raise SystemExit(
             f"{args.sources[n_classes]} has {splits.n_classes} classes, not {n_classes}"
         )
-    blocks = getattr(splits.train, "blocks", None)
-    sampler = EpochSampler(
-        len(splits.train), seed=args.seed, epoch=0, rank=0, world=1, blocks=blocks
-    )
+    # What training keeps once the run's files are written: the samples, not the class names.
+    train = splits.train
+    del splits
+    give_back_freed_memory()
+    blocks = getattr(train, "blocks", None)
+    sampler = EpochSampler(len(train), seed=args.seed, epoch=0, rank=0, world=1, blocks=blocks)
     transform = create_train_transform(model.data_config, augment=True)
     loader = DataLoader(
-        ImageDataset(splits.train, transform),
+        ImageDataset(train, transform),
         batch_size=args.batch_size,
         sampler=sampler,
         num_workers=args.loader_workers,

@@ -9,6 +9,7 @@ one name at a time, so no list of all of them ever exists.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
@@ -100,10 +101,19 @@ def parse_names_json(text: str) -> ClassNames | None:
 
     Returns None when ``text`` is not a JSON list of strings (the caller says why it needs one).
     """
+    strings = _json_strings(text)
     try:
-        return ClassNames(_json_strings(text))
+        # Block by block: pa.array would first gather a whole iterator into a list of all the
+        # Python strings (~70 MiB at 600k names).
+        blocks = [pa.array(block, type=pa.string()) for block in _blocks(strings)]
+        return ClassNames(pa.chunked_array(blocks, type=pa.string()))
     except (ValueError, TypeError, pa.ArrowException):
         return None
+
+
+def _blocks(items: Iterator[str]) -> Iterator[list[str]]:
+    while block := list(itertools.islice(items, _BLOCK)):
+        yield block
 
 
 def _json_strings(text: str) -> Iterator[str]:

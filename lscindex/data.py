@@ -95,7 +95,9 @@ class DatasetSplits:
         if isinstance(self.train, ShardSamples) and isinstance(self.val, ShardSamples):
             # not a JSON of millions of rows: the shards' fingerprint and each split's rows
             digest = hashlib.sha256(self.train.source.fingerprint().encode())
-            digest.update(self.train.rows.tobytes() + b"|" + self.val.rows.tobytes())
+            digest.update(np.ascontiguousarray(self.train.rows).data)  # no bytes copies
+            digest.update(b"|")
+            digest.update(np.ascontiguousarray(self.val.rows).data)
             return digest.hexdigest()[:16]
         root = Path(self.source)
         root = root if root.is_dir() else root.parent
@@ -389,7 +391,7 @@ def _from_shards(path: Path, val_fraction: float, seed: int) -> DatasetSplits:
     return DatasetSplits(
         ShardSamples(source, train),
         ShardSamples(source, val),
-        source.class_names,
+        source.read_class_names(),
         str(path),
         source.label_names,  # integer labels: the run keys its classes by name
     )

@@ -132,7 +132,7 @@ def _shard_items(
     # the run's class of each of the source's labels, by its key or else its name
     run_label = [
         lookup.get(key, lookup.get(name, -1))
-        for key, name in zip(shards.class_keys, shards.class_names, strict=True)
+        for key, name in zip(shards.class_keys, shards.read_class_names(), strict=True)
     ]
     items = []
     for f, file in enumerate(shards.files):

@@ -86,19 +86,27 @@ class ShardSource:
         offsets: (n_files + 1,) int64, the first global row of each file.
         labels: (N,) int32 label of each row (int64 past 2^31 classes); is_val: (N,) bool.
         Row numbers are int32 below 2^31 rows: 4 bytes a row, not 8, at 10^6-10^7 rows.
-        class_names: names in label order. label_names: the string labels in label order
-            (None for integer labels). class_keys: the labels as the source spells them.
+        n_classes: the class count. label_names: the string labels in label order (None for
+            integer labels). class_keys: the labels as the source spells them.
+
+    The class names are parsed only when asked for (:meth:`read_class_names`): 600k of them are
+    ~13 MiB that a training process needs once, to write its run's ``classes.json``.
     """
 
     def __init__(self, root: Path, files: list[Path]) -> None:
         self.root, self.files = root, files
         splits: list[npt.NDArray[np.bool_]] = []
         counts: list[int] = []
-        raw: list[pa.ChunkedArray] = []
+        raw: list[pa.ChunkedArray | npt.NDArray[np.integer[Any]]] = []
         for file in files:
             table = _read_columns(file)
             counts.append(table.num_rows)
-            raw.append(table.column("label"))
+            label = table.column("label")
+            if label.null_count:
+                raise DataError(f"shard {file} has {label.null_count:,} rows with no label")
+            # Integer labels become compact numpy a shard at a time: 3M int64 labels held as
+            # Arrow columns, then concatenated, then narrowed, would peak at ~60 MB.
+            raw.append(_shard_ints(label, file) if pa.types.is_integer(label.type) else label)
             split = table.column("split") if "split" in table.column_names else None
             splits.append(
                 np.zeros(table.num_rows, bool)
@@ -109,16 +117,19 @@ class ShardSource:
             )
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.is_val = np.concatenate(splits) if splits else np.zeros(0, bool)
-        column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)
-        self.labels, self.label_names, n_classes = _labels(column, files[0])
-        del raw, column, splits
-        self.class_names = _names(root, self.label_names, n_classes)
+        self.labels, self.label_names, self.n_classes = _labels(raw, files)
+        del raw, splits
         give_back_freed_memory()
 
     @property
     def class_keys(self) -> Sequence[str]:
         """The labels as the source spells them (``"0"``, ``"1"``, ... for integers)."""
-        return self.label_names or _numbers(len(self.class_names))
+        return self.label_names or _numbers(self.n_classes)
+
+    def read_class_names(self) -> Sequence[str]:
+        """Names in label order: ``classes.json`` beside the shards when it names every class,
+        else the string labels, else the label numbers. Parsed anew on each call."""
+        return _names(self.root, self.label_names, self.n_classes)
 
     @property
     def n_rows(self) -> int:
@@ -138,9 +149,9 @@ class ShardSource:
         digest = hashlib.sha256()
         for file in self.files:
             digest.update(f"{file.name}:{file.stat().st_size}\n".encode())
-        digest.update(self.labels.tobytes())
-        digest.update(self.is_val.tobytes())
-        digest.update(json.dumps(self.label_names or len(self.class_names)).encode())
+        digest.update(np.ascontiguousarray(self.labels).data)  # no bytes copies
+        digest.update(np.ascontiguousarray(self.is_val).data)
+        digest.update(json.dumps(self.label_names or self.n_classes).encode())
         return digest.hexdigest()[:16]
 
 
@@ -181,24 +192,36 @@ def _compact(n: int) -> type[np.integer[Any]]:
     return np.int32 if n < 2**31 else np.int64
 
 
+def _shard_ints(column: pa.ChunkedArray, file: Path) -> npt.NDArray[np.integer[Any]]:
+    """One shard's integer labels as int32 (int64 past 2^31), checked to be >= 0."""
+    values = column.to_numpy()
+    if len(values) and values.min() < 0:
+        raise DataError(f"shard {file} has negative labels; labels are 0..C-1")
+    return values.astype(_compact(int(values.max()) if len(values) else 0))
+
+
 def _labels(
-    column: pa.ChunkedArray, first: Path
+    raw: list[pa.ChunkedArray | npt.NDArray[np.integer[Any]]], files: list[Path]
 ) -> tuple[npt.NDArray[np.integer[Any]], list[str] | None, int]:
     """(N,) labels (:func:`_compact` type), the string labels in label order (None for
-    integers) and the class count."""
-    if column.null_count:
-        raise DataError(f"shards of {first.parent} have {column.null_count:,} rows with no label")
-    if pa.types.is_integer(column.type):
-        labels = column.to_numpy()
-        if len(labels) and labels.min() < 0:
-            raise DataError(f"shards of {first.parent} have negative labels; labels are 0..C-1")
+    integers) and the class count, from each shard's labels (numpy for integer labels)."""
+    integer = [isinstance(r, np.ndarray) for r in raw]
+    if any(integer) and not all(integer):
+        odd = files[integer.index(not integer[0])]
+        raise DataError(
+            f"shards {files[0].name} and {odd.name} of {files[0].parent} have labels of different "
+            f"types (integers in one, not in the other); give every shard the same label type"
+        )
+    if all(integer):
+        labels = np.concatenate(raw) if raw else np.zeros(0, np.int32)
         n = int(labels.max()) + 1 if len(labels) else 0
-        return labels.astype(_compact(n)), None, n
+        return labels.astype(_compact(n), copy=False), None, n
+    column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)  # type: ignore[union-attr]
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         keys, labels = np.unique(np.asarray(column.to_pylist(), dtype=object), return_inverse=True)
         return labels.astype(_compact(len(keys))), [str(k) for k in keys], len(keys)
     raise DataError(
-        f"shards of {first.parent} have a label column of type {column.type}; use integers "
+        f"shards of {files[0].parent} have a label column of type {column.type}; use integers "
         f"0..C-1 or strings"
     )
 
@@ -238,18 +261,48 @@ class ShardSamples(Sequence[tuple[str, int]]):
     """The rows of one split as ``(name, label)`` pairs, without a Python object per row.
 
     ``blocks`` (the number of rows of each shard, in row order) lets the training sampler read
-    one shard at a time.
+    one shard at a time. A split that is one run of consecutive rows (whole shards: train-*,
+    then val-*) is held as its first row and length, its labels as a view of the source's: it
+    costs nothing per row beyond what the source holds.
     """
 
     def __init__(self, source: ShardSource, rows: npt.NDArray[np.integer[Any]]) -> None:
-        self.source, self.rows = source, rows
-        self.labels = source.labels[rows]
-        file_of = np.searchsorted(source.offsets, rows, side="right") - 1
-        self.blocks = np.bincount(file_of, minlength=len(source.files)).astype(np.int64)
-        self.blocks = self.blocks[self.blocks > 0]
+        self.source = source
+        self._first, self._count = (int(rows[0]) if len(rows) else 0), len(rows)
+        run = (
+            len(rows) > 0
+            and int(rows[-1]) - self._first + 1 == len(rows)
+            and bool((np.diff(rows) == 1).all())
+        )
+        self._rows = None if run else rows
+        if run:
+            stop = self._first + self._count
+            self.labels = source.labels[self._first : stop]
+            sizes = np.clip(source.offsets[1:], self._first, stop) - np.clip(
+                source.offsets[:-1], self._first, stop
+            )
+        else:
+            self.labels = source.labels[rows]
+            file_of = np.searchsorted(source.offsets, rows, side="right") - 1
+            sizes = np.bincount(file_of, minlength=len(source.files))
+        self.blocks = sizes[sizes > 0].astype(np.int64)
+
+    @property
+    def rows(self) -> npt.NDArray[np.integer[Any]]:
+        """(M,) global row numbers (made on each call for a run of consecutive rows)."""
+        if self._rows is not None:
+            return self._rows
+        return np.arange(self._first, self._first + self._count, dtype=_compact(self.source.n_rows))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._count
+
+    def _row(self, index: int) -> int:
+        if self._rows is not None:
+            return int(self._rows[index])
+        if not -self._count <= index < self._count:
+            raise IndexError(f"sample {index} of {self._count:,}")
+        return self._first + index % self._count
 
     @overload
     def __getitem__(self, index: int) -> tuple[str, int]: ...
@@ -258,7 +311,8 @@ class ShardSamples(Sequence[tuple[str, int]]):
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return self.source.name(int(self.rows[index])), int(self.labels[index])
+        index = int(index)
+        return self.source.name(self._row(index)), int(self.labels[index])
 
     def __iter__(self) -> Iterator[tuple[str, int]]:
         for i in range(len(self)):

@@ -122,6 +122,31 @@ def test_a_shard_without_the_columns_is_refused_in_one_line(tmp_path: Path) -> N
         open_shards(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ([1, None], r"shard .*b\.parquet has 1 rows with no label"),
+        ([1, -2], r"shard .*b\.parquet has negative labels; labels are 0\.\.C-1"),
+        (["cat", "dog"], r"shards a\.parquet and b\.parquet .* labels of different types"),
+    ],
+)
+def test_bad_label_columns_are_refused_in_one_line(
+    tmp_path: Path, second: list, message: str
+) -> None:
+    write_shard(tmp_path / "a.parquet", [0, 1])
+    write_shard(tmp_path / "b.parquet", second)
+    with pytest.raises(DataError, match=message):
+        open_shards(tmp_path)
+
+
+def test_integer_labels_are_held_compactly(shards: Path) -> None:
+    source = open_shards(shards)
+    assert source.labels.dtype == np.int32 and source.n_classes == 12
+    splits = load_dataset(shards)
+    # whole shards per split: the split's labels are a view of the source's, not a copy
+    assert np.shares_memory(splits.train.labels, splits.train.source.labels)
+
+
 def test_train_embed_and_query_from_shards_end_to_end(
     shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

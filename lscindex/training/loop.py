@@ -44,6 +44,7 @@ from lscindex.model import (
     encode,
     top_classes,
 )
+from lscindex.shards import give_back_freed_memory
 from lscindex.systems import VectorSystem
 from lscindex.training.config import TrainConfig, architecture_changes, check_same_data
 from lscindex.training.matching import assignment_samples, match_from_model
@@ -93,7 +94,11 @@ class _Job:
     out: Path
     ranks: Ranks
     device: torch.device
-    splits: DatasetSplits
+    # The samples only: the class names the run's files were written from are not kept (600k
+    # of them are ~13 MiB that training never reads again).
+    train: Sequence[tuple[Any, int]]
+    val: Sequence[tuple[Any, int]]
+    n_classes: int
     model_config: ModelConfig
     model: Encoder
     train_model: torch.nn.Module  # the model, or its DDP wrapper
@@ -109,10 +114,6 @@ class _Job:
     assign_samples: Sequence[tuple[Any, int]] = field(default_factory=list)
     callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
     history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def n_classes(self) -> int:
-        return self.splits.n_classes
 
     def set_system(self, system: VectorSystem) -> None:
         self.system = system
@@ -174,16 +175,18 @@ def fit(
         with lock:
             if ranks.rank != 0 or callbacks is None:
                 callbacks = TrainCallbacks()
-            job, state = _setup(config, resume, ranks, device)
+            job, splits, state = _setup(config, resume, ranks, device)
             job.callbacks = callbacks
-            progress = _start(job, state, resume)
+            progress = _start(job, splits, state, resume)
+            del splits  # the class names go with it; the job keeps the samples
+            give_back_freed_memory()
             return _train(job, progress, state, callbacks)
 
 
 # -- setup --------------------------------------------------------------------------------------
 def _setup(
     config: TrainConfig, resume: bool, ranks: Ranks, device: torch.device
-) -> tuple[_Job, ckpt.TrainingState | None]:
+) -> tuple[_Job, DatasetSplits, ckpt.TrainingState | None]:
     """Data, system, model, loss, optimizer and schedule; the checkpoint to resume from."""
     import timm.optim
 
@@ -244,7 +247,9 @@ def _setup(
         out=out,
         ranks=ranks,
         device=device,
-        splits=splits,
+        train=splits.train,
+        val=splits.val,
+        n_classes=splits.n_classes,
         model_config=model_config,
         model=model,
         train_model=model,
@@ -258,7 +263,7 @@ def _setup(
         system=system,
         loss_fn=loss_fn,
     )
-    return job, ckpt.load_training_state(out) if resume else None
+    return job, splits, ckpt.load_training_state(out) if resume else None
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
@@ -287,7 +292,9 @@ def _system_spec(system: VectorSystem | None, config: TrainConfig) -> dict[str, 
     return spec
 
 
-def _start(job: _Job, state: ckpt.TrainingState | None, resume: bool) -> _Progress:
+def _start(
+    job: _Job, splits: DatasetSplits, state: ckpt.TrainingState | None, resume: bool
+) -> _Progress:
     """Restore a checkpoint (or match the classes first), write the run's files, wrap for DDP."""
     config, progress = job.config, _Progress()
     if state is not None:
@@ -296,9 +303,7 @@ def _start(job: _Job, state: ckpt.TrainingState | None, resume: bool) -> _Progre
         progress.epoch, progress.step_in_epoch = state.epoch, state.step_in_epoch
         progress.global_step = state.global_step
     if job.system is not None and config.assignment == "data":
-        job.assign_samples = assignment_samples(
-            job.splits.train, job.n_classes, config.assign_samples
-        )
+        job.assign_samples = assignment_samples(job.train, job.n_classes, config.assign_samples)
         if state is None:
             # The first matching, from the untrained network: classes start on targets near
             # where the network already puts them.
@@ -311,7 +316,7 @@ def _start(job: _Job, state: ckpt.TrainingState | None, resume: bool) -> _Progre
         else:
             job.set_system(job.system.with_assignment(state.assignment))
     if job.ranks.rank == 0 and not resume:
-        _write_run_files(job)
+        _write_run_files(job, splits)
     if resume:
         job.history = run_files.read_metrics(job.out, before_epoch=progress.epoch)
         if job.ranks.rank == 0:
@@ -326,19 +331,19 @@ def _start(job: _Job, state: ckpt.TrainingState | None, resume: bool) -> _Progre
     return progress
 
 
-def _write_run_files(job: _Job) -> None:
+def _write_run_files(job: _Job, splits: DatasetSplits) -> None:
     job.out.mkdir(parents=True, exist_ok=True)
-    run_files.write_class_names(job.out, job.splits.class_names, job.splits.keys)
+    run_files.write_class_names(job.out, splits.class_names, splits.keys)
     run_files.write_run_config(
         job.out,
         model=job.model_config.to_dict(),
         train=job.config.to_dict(),
         data={
-            "source": job.splits.source,
-            "n_train": len(job.splits.train),
-            "n_val": len(job.splits.val),
+            "source": splits.source,
+            "n_train": len(job.train),
+            "n_val": len(job.val),
             "n_classes": job.n_classes,
-            "sha256": job.splits.sha256(),
+            "sha256": splits.sha256(),
         },
         data_config=job.model.data_config,
     )
@@ -354,15 +359,15 @@ def _train(
         steps_per_epoch=job.steps_per_epoch,
         start_epoch=progress.epoch,
         start_step=progress.step_in_epoch,
-        n_train=len(job.splits.train),
-        n_val=len(job.splits.val),
+        n_train=len(job.train),
+        n_val=len(job.val),
         n_classes=job.n_classes,
         dim=job.model_config.out_dim,
         device=str(job.device),
     )
     result = TrainResult(run_dir=job.out, rank=ranks.rank)
     val_loader = ordered_loader(
-        job.splits.val,
+        job.val,
         job.eval_tf,
         batch_size=config.batch_size,
         workers=config.workers,
@@ -403,19 +408,19 @@ def _train_epoch(
     config, world = job.config, job.ranks.world
     epoch, skip = progress.epoch, progress.step_in_epoch
     sampler = EpochSampler(
-        len(job.splits.train),
+        len(job.train),
         seed=config.seed,
         epoch=epoch,
         rank=job.ranks.rank,
         world=world,
         skip=skip * config.batch_size,
         batch_size=config.batch_size,
-        blocks=getattr(job.splits.train, "blocks", None),  # parquet shards: one at a time
+        blocks=getattr(job.train, "blocks", None),  # parquet shards: one at a time
     )
     if sampler.dropped_last and skip == 0:
         callbacks.on_warning(f"epoch {epoch + 1}: left out one image so that no batch has one")
     loader: DataLoader[Any] = DataLoader(
-        ImageDataset(job.splits.train, job.train_tf),
+        ImageDataset(job.train, job.train_tf),
         batch_size=config.batch_size,
         sampler=sampler,
         num_workers=config.workers,
