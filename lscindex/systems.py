@@ -101,6 +101,8 @@ class VectorSystem:
         n_classes: int,
         seed: int,
         table: TableAssignment | None = None,
+        *,
+        centered: bool = False,
     ) -> None:
         self._spec = spec
         self._dim = dim
@@ -116,13 +118,25 @@ class VectorSystem:
         )
         self._binomials = binomial_table(dim, max(spec.a, spec.b))
         self._norm = math.sqrt(spec.a + spec.b)
+        # Centred targets: every vector minus the lattice mean (a - b)/dim per coordinate (zero
+        # for sign-symmetric kinds), renormalised. All vectors keep one norm and one all-ones
+        # component, so the nearest target of any embedding is unchanged; only the cosines move.
+        self._centered = bool(centered)
+        self._shift = (spec.a - spec.b) / dim if centered and not spec.symmetric else 0.0
+        self._centered_norm = math.sqrt(spec.a + spec.b - self._shift**2 * dim)
         self._index_cache: dict[tuple[str, int], TargetIndex] = {}
         self._index_lock = threading.Lock()
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, kind: str, n_classes: int, *, dim: int | None = None, seed: int = 0
+        cls,
+        kind: str,
+        n_classes: int,
+        *,
+        dim: int | None = None,
+        seed: int = 0,
+        centered: bool = False,
     ) -> VectorSystem:
         """Size a system of ``kind`` for ``n_classes`` classes.
 
@@ -131,6 +145,11 @@ class VectorSystem:
             n_classes: number of classes, >= 1.
             dim: latent dimension; None means :func:`n_min`.
             seed: selects which vectors the classes own and in which order.
+            centered: zero-mean targets (each vector minus the mean of all the system's
+                vectors, renormalised). Decoding gives the same classes either way; training
+                does not sit on the mean direction (V21's vectors all share a component
+                1/sqrt(3 dim) along the all-ones direction, which an untrained network finds
+                first). Symmetric kinds are zero-mean already.
 
         Raises:
             ConfigError: unknown kind, n_classes < 1, bad seed, a system too large to index.
@@ -154,7 +173,7 @@ class VectorSystem:
                 f"{spec.name} at dim {dim} has {count:.3g} vectors, more than the 2**62 the codec "
                 f"indexes; use a smaller dim (n_min is {smallest}) or a kind with fewer non-zeros"
             )
-        return cls(spec, dim, n_classes, seed)
+        return cls(spec, dim, n_classes, seed, centered=centered)
 
     def with_assignment(self, table: Any) -> VectorSystem:
         """The same system with classes mapped through ``table`` instead of the seeded codec.
@@ -167,19 +186,28 @@ class VectorSystem:
             InputError: wrong length, repeated or out-of-range vector indices.
         """
         if table is None:
-            return VectorSystem(self._spec, self._dim, self._n_classes, self._seed)
+            return VectorSystem(
+                self._spec, self._dim, self._n_classes, self._seed, centered=self._centered
+            )
         assignment = TableAssignment(to_numpy(table), self._n_vectors)
         if assignment.n != self._n_classes:
             raise InputError(
                 f"assignment table has {assignment.n:,} entries but the system has "
                 f"n_classes={self._n_classes:,}; the table belongs to another run"
             )
-        return VectorSystem(self._spec, self._dim, self._n_classes, self._seed, assignment)
+        return VectorSystem(
+            self._spec, self._dim, self._n_classes, self._seed, assignment, centered=self._centered
+        )
 
     @property
     def assignment(self) -> Literal["codec", "data"]:
         """``"codec"`` (seeded bijection, no table) or ``"data"`` (a matched table)."""
         return "codec" if self._table is None else "data"
+
+    @property
+    def centered(self) -> bool:
+        """Whether the targets are centred (see :meth:`create`)."""
+        return self._centered
 
     @property
     def assignment_table(self) -> np.ndarray | None:
@@ -190,7 +218,9 @@ class VectorSystem:
         """JSON-ready dict; :meth:`from_dict` rebuilds an equal system.
 
         A data-assigned system adds ``"assignment": "data"``; its table is stored beside the
-        dict (a run's ``assignment.safetensors``) and passed back to :meth:`from_dict`.
+        dict (a run's ``assignment.safetensors``) and passed back to :meth:`from_dict`. A
+        centred system adds ``"centered": true`` (absent means false, as in every spec written
+        before centring existed, so their fingerprints are unchanged).
         """
         spec: dict[str, Any] = {
             "kind": self.kind,
@@ -201,6 +231,8 @@ class VectorSystem:
         }
         if self._table is not None:
             spec["assignment"] = "data"
+        if self._centered:
+            spec["centered"] = True
         return spec
 
     @classmethod
@@ -212,7 +244,7 @@ class VectorSystem:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"vector system spec must be a mapping, got {type(data).__name__}")
-        known = {"kind", "dim", "n_classes", "seed", "codec", "assignment"}
+        known = {"kind", "dim", "n_classes", "seed", "codec", "assignment", "centered"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
@@ -228,8 +260,15 @@ class VectorSystem:
                 f"vector system uses codec version {codec!r} but this lscindex reads version "
                 f"{CODEC_VERSION}; upgrade lscindex"
             )
+        centered = data.get("centered", False)
+        if not isinstance(centered, bool):
+            raise ConfigError(f"vector system centered must be true or false, got {centered!r}")
         system = cls.create(
-            data["kind"], data["n_classes"], dim=data.get("dim"), seed=data.get("seed", 0)
+            data["kind"],
+            data["n_classes"],
+            dim=data.get("dim"),
+            seed=data.get("seed", 0),
+            centered=centered,
         )
         kind = data.get("assignment", "codec")
         if kind not in ("codec", "data"):
@@ -291,10 +330,13 @@ class VectorSystem:
         return isinstance(other, VectorSystem) and self.fingerprint == other.fingerprint
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.dim, self.n_classes, self.seed, self.assignment))
+        return hash(
+            (self.kind, self.dim, self.n_classes, self.seed, self.assignment, self.centered)
+        )
 
     def __repr__(self) -> str:
         extra = ", assignment='data'" if self._table is not None else ""
+        extra += ", centered=True" if self._centered else ""
         return (
             f"VectorSystem(kind={self.kind!r}, dim={self.dim}, n_classes={self.n_classes}, "
             f"seed={self.seed}{extra})"
@@ -357,13 +399,17 @@ class VectorSystem:
             class_ids: (N,) integers in ``[0, n_classes)`` (numpy, list or torch).
 
         Returns:
-            (N, dim) float32, L2-normalised. Nothing of size n_classes is built.
+            (N, dim) float32, L2-normalised (centred first for a centred system). Nothing of
+            size n_classes is built.
 
         Raises:
             InputError: non-integer ids or ids out of range.
         """
         ids = self._check_class_ids(class_ids).reshape(-1)
-        return self.vectors(self._perm.forward(ids)).astype(np.float32) / np.float32(self._norm)
+        vectors = self.vectors(self._perm.forward(ids)).astype(np.float32)
+        if self._shift:
+            vectors -= np.float32(self._shift)
+        return vectors / np.float32(self._centered_norm)
 
     def _rank(self, plus: np.ndarray, minus: np.ndarray) -> np.ndarray:
         """Vector index of V^{ab} (first half) from ascending plus/minus positions."""
@@ -455,6 +501,16 @@ class VectorSystem:
         scale = self._norm * np.maximum(norms, np.finfo(np.float32).tiny)
         return (dots / scale[:, None]).astype(np.float32)
 
+    def _target_cosine(self, e: np.ndarray, norms: np.ndarray, dots: np.ndarray) -> np.ndarray:
+        """(B, k) float32 cosines with the *targets* (centred or not) from float64 dots with
+        the unnormalised vectors of rows ``e``: a centred target's dot is the vector's minus
+        ``shift * sum(e)``, the same for every vector of a row, so the order is unchanged."""
+        if not self._shift:
+            return self._cosine(norms, dots)
+        sums = e.sum(axis=1, dtype=np.float64)
+        scale = self._centered_norm * np.maximum(norms, np.finfo(np.float32).tiny)
+        return ((dots - self._shift * sums[:, None]) / scale[:, None]).astype(np.float32)
+
     def decode(
         self,
         embeddings: Any,
@@ -522,7 +578,7 @@ class VectorSystem:
             cls = self._perm.inverse(vids[:, 0])
             owned = cls < self._n_classes
             ids[:, 0] = cls
-            scores[:] = self._cosine(norms, dots)
+            scores[:] = self._target_cosine(e, norms, dots)
             novel = ~owned
             pending = np.flatnonzero(~owned)
         first = k > 1
@@ -547,8 +603,8 @@ class VectorSystem:
             done = (rank[:, -1] >= k) | (count == self._half)
             take = (owned & (rank <= k))[done]
             ids[pending[done]] = cls[done][take].reshape(-1, k)
-            scores[pending[done]] = self._cosine(
-                norms[pending[done]], dots[done][take].reshape(-1, k)
+            scores[pending[done]] = self._target_cosine(
+                e[pending[done]], norms[pending[done]], dots[done][take].reshape(-1, k)
             )
             pending = pending[~done]
             candidates *= _GROWTH

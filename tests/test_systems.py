@@ -404,3 +404,45 @@ def test_nearest_vectors_ranks_the_whole_system() -> None:
     unit = every / np.linalg.norm(every, axis=1, keepdims=True)
     e64 = e.astype(np.float64) / np.linalg.norm(e, axis=1, keepdims=True)
     assert_topk_exact(vids, cos, e64 @ unit.T)
+
+
+# -- centred targets ------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_centred_targets_are_zero_mean_unit_and_decode_the_same_classes(kind: str) -> None:
+    spec = parse_kind(kind)
+    n_classes = min(300, count_vectors(kind, spec.n_min(300)))
+    plain = VectorSystem.create(kind, n_classes, seed=3)
+    centred = VectorSystem.create(kind, n_classes, seed=3, centered=True)
+    every = centred.vectors(np.arange(centred.n_vectors)).astype(np.float64)
+    shift = every.mean(axis=0)  # the lattice mean, by brute force
+    expected = (plain.vectors(plain.vector_ids(np.arange(n_classes))) - shift).astype(np.float64)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    targets = centred.targets(np.arange(n_classes))
+    np.testing.assert_allclose(targets, expected, atol=1e-6)
+    rng = np.random.default_rng(7)
+    e = rng.standard_normal((500, centred.dim)).astype(np.float32)
+    k = min(5, n_classes)
+    for method in ("analytic", "index"):
+        out = centred.decode(e, k=k, method=method)
+        assert_topk_exact(out.ids, out.scores, brute_scores(centred, e))
+        # same classes as the uncentred system, ties aside
+        before = plain.decode(e, k=k, method=method)
+        sims = brute_scores(centred, e)
+        np.testing.assert_allclose(
+            np.take_along_axis(sims, before.ids, axis=1), out.scores, atol=1e-5
+        )
+    np.testing.assert_array_equal(centred.decode(e).novel, plain.decode(e).novel)
+
+
+def test_centred_spec_round_trips_and_old_specs_keep_their_fingerprint() -> None:
+    plain = VectorSystem.create("v21", 1000)
+    centred = VectorSystem.create("v21", 1000, centered=True)
+    assert "centered" not in plain.to_dict()
+    assert centred.to_dict()["centered"] is True
+    assert VectorSystem.from_dict(json.loads(json.dumps(centred.to_dict()))) == centred
+    assert centred.fingerprint != plain.fingerprint
+    assert VectorSystem.from_dict(plain.to_dict()).fingerprint == plain.fingerprint
+    table = np.arange(1000)
+    assert centred.with_assignment(table).centered
+    with pytest.raises(ConfigError, match="centered must be true or false"):
+        VectorSystem.from_dict({**centred.to_dict(), "centered": "yes"})
