@@ -76,6 +76,7 @@ _MAX_LEFTOVER_BYTES = 256 << 20
 _MIN_ROUND_SHARE = 0.01
 _MAX_ENUMERATED = 1024
 _MAX_ENUMERATED_ALL = 4096  # the most VectorSystem.nearest_vectors gives
+_FIT_ROWS = 1 << 16  # rows of a class geometry rotated or compared at a time (28 MB at 108 dims)
 
 
 class TableAssignment:
@@ -481,3 +482,116 @@ def _fill_free(table: np.ndarray, n_vectors: int) -> None:
         need -= len(block)
         start = stop
     table[left] = np.concatenate(free)
+
+
+def fit_geometry(
+    system: VectorSystem,
+    geometry: np.ndarray,
+    *,
+    iterations: int = 20,
+    centered: bool = False,
+    current: np.ndarray | None = None,
+    margin: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fit a class geometry onto the lattice: which vector each class owns, up to a rotation.
+
+    Alternates a one-to-one matching of the rotated geometry (:func:`match_classes`) with the
+    orthogonal Procrustes rotation that best maps the geometry onto the vectors it was matched
+    to, until the table stops changing. Only the permutation matters for training (a learned
+    projection absorbs any rotation), so what is fitted is the *similarity structure*: classes
+    that are close in ``geometry`` land on neighbouring lattice vectors.
+
+    Args:
+        system: the system to fit into (its own assignment is ignored).
+        geometry: (n_classes, dim) float class coordinates, e.g. class means of backbone
+            features, centred and reduced to ``dim`` by PCA; rows need not be normalised;
+            all-zero rows are classes without samples (they take free vectors).
+        iterations: most alternations.
+        centered: rotate onto the zero-mean (centred) lattice vectors, as trained with
+            centred targets.
+        current: (n_classes,) the table in use, when re-fitting during training: the first
+            rotation is the one that maps the geometry onto it, and every matching keeps a
+            class on its current vector unless another is closer by ``margin``.
+        margin: see :func:`match_classes`.
+
+    Returns:
+        table (n_classes,) int64 for :meth:`VectorSystem.with_assignment`, rotation (dim, dim)
+        float32 such that ``normalize(geometry) @ rotation.T`` lies near each class's target,
+        and the mean cosine between those rotated rows and their (centred) targets.
+
+    Raises:
+        InputError: ``geometry`` not (n_classes, dim), or holding NaN/inf.
+
+    Memory: besides ``geometry`` and what :func:`match_classes` holds, one block of rows at a
+    time (nothing else of size n_classes x dim).
+
+    Example:
+        >>> from lscindex import VectorSystem
+        >>> system = VectorSystem.create("v21", 100)
+        >>> geometry = np.random.default_rng(0).normal(size=(100, system.dim))
+        >>> table, rotation, fit = fit_geometry(system, geometry.astype(np.float32))
+        >>> len(set(table.tolist())), rotation.shape
+        (100, (7, 7))
+    """
+    geometry = np.asarray(geometry)
+    if geometry.shape != (system.n_classes, system.dim):
+        raise InputError(
+            f"class geometry must be (n_classes, dim) = ({system.n_classes}, {system.dim}), "
+            f"got shape {geometry.shape}"
+        )
+    if not np.isfinite(geometry).all():
+        raise InputError("class geometry contains NaN or inf; check the features it came from")
+    norms = np.linalg.norm(geometry, axis=1).astype(np.float32)
+    scale = np.where(norms > 0, 1 / np.maximum(norms, np.finfo(np.float32).tiny), 0)
+    seen = max(int(np.count_nonzero(norms)), 1)
+
+    def rotated(rotation: np.ndarray) -> MeanSource:
+        def source(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for start in range(0, len(class_ids), _FIT_ROWS):
+                ids = class_ids[start : start + _FIT_ROWS]
+                unit = geometry[ids].astype(np.float32) * scale[ids, None]
+                yield ids, unit @ rotation.T
+
+        return source
+
+    def procrustes(table: np.ndarray) -> tuple[np.ndarray, float]:
+        """The rotation R onto ``table``'s targets, and the mean cosine under it."""
+        cross = np.zeros((system.dim, system.dim), dtype=np.float64)
+        for start in range(0, system.n_classes, _FIT_ROWS):
+            rows = slice(start, start + _FIT_ROWS)
+            unit = geometry[rows].astype(np.float64) * scale[rows, None]
+            cross += _unit_vectors(system, table[rows], centered=centered).T @ unit
+        u, _, vh = np.linalg.svd(cross)
+        rotation = u @ vh
+        return rotation.astype(np.float32), float(np.trace(rotation @ cross.T)) / seen
+
+    rotation = np.eye(system.dim, dtype=np.float32)
+    if current is not None:
+        rotation, _ = procrustes(np.asarray(current, dtype=np.int64))
+    table = match_classes(system, rotated(rotation), current=current, margin=margin)
+    for _ in range(iterations - 1):
+        rotation, _ = procrustes(table)
+        new = match_classes(system, rotated(rotation), current=current, margin=margin)
+        if np.array_equal(new, table):
+            break
+        table = new
+    rotation, fit = procrustes(table)  # the final table under its own best rotation
+    return table, rotation, fit
+
+
+def _unit_vectors(system: VectorSystem, vector_ids: np.ndarray, *, centered: bool) -> np.ndarray:
+    """(N, dim) float32 unit vectors of the given ids, optionally centred first."""
+    out = np.empty((len(vector_ids), system.dim), dtype=np.float32)
+    shift = np.float32(lattice_mean(system)) if centered else np.float32(0)
+    for start in range(0, len(vector_ids), _COSINE_ROWS * 8):
+        v = system.vectors(vector_ids[start : start + _COSINE_ROWS * 8]).astype(np.float32)
+        v -= shift
+        out[start : start + len(v)] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def lattice_mean(system: VectorSystem) -> float:
+    """Each coordinate of the mean of all the system's vectors: ``(a - b) / dim`` for V^{ab},
+    0 for sign-symmetric kinds."""
+    spec = parse_kind(system.kind)
+    return 0.0 if spec.symmetric else (spec.a - spec.b) / system.dim

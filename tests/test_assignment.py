@@ -8,6 +8,7 @@ import pytest
 from lscindex import VectorSystem
 from lscindex.assignment import (
     TableAssignment,
+    fit_geometry,
     greedy_match,
     match_classes,
     nearest_candidates,
@@ -249,3 +250,53 @@ def test_rematching_with_a_margin_keeps_classes_on_their_current_vectors() -> No
     cos_new = (unit * system.with_assignment(table).targets(np.arange(1000))).sum(1)
     cos_old = (unit * system.with_assignment(current).targets(np.arange(1000))).sum(1)
     assert cos_new.mean() > cos_old.mean()
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_fit_geometry_recovers_a_rotated_planted_assignment(centered: bool) -> None:
+    """A geometry that *is* the targets of some table, rotated: the fit finds the table."""
+    base = VectorSystem.create("v21", 60, dim=8, centered=centered)
+    rng = np.random.default_rng(0)
+    planted = rng.permutation(base.n_vectors)[:60]
+    geometry = base.with_assignment(planted).targets(np.arange(60)).astype(np.float64)
+    # a rotation close to the identity, so the alternation starts inside its basin
+    skew = rng.standard_normal((8, 8))
+    small, upper = np.linalg.qr(np.eye(8) + 0.05 * (skew - skew.T))
+    small *= np.sign(np.diag(upper))  # QR's sign convention may flip axes
+    table, found, fit = fit_geometry(
+        base, (geometry @ small.T).astype(np.float32), centered=centered
+    )
+    np.testing.assert_array_equal(table, planted)
+    assert fit == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(found @ small, np.eye(8), atol=1e-4)
+
+
+def test_fit_geometry_puts_similar_classes_on_neighbouring_vectors() -> None:
+    """Pairs of near-identical classes land on targets closer than a random table gives."""
+    base = VectorSystem.create("v21", 200)
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((100, base.dim)).astype(np.float32)
+    geometry = np.repeat(centres, 2, axis=0) + 0.05 * rng.standard_normal((200, base.dim))
+    table, _, fit = fit_geometry(base, geometry.astype(np.float32))
+    assert len(np.unique(table)) == 200
+    targets = base.with_assignment(table).targets(np.arange(200))
+    pair_cos = (targets[0::2] * targets[1::2]).sum(axis=1)
+    codec = base.targets(np.arange(200))
+    assert pair_cos.mean() > (codec[0::2] * codec[1::2]).sum(axis=1).mean() + 0.3
+    assert fit > 0.4
+
+
+def test_fit_geometry_anchored_keeps_the_current_table_of_its_own_geometry() -> None:
+    base = VectorSystem.create("v21", 200)
+    rng = np.random.default_rng(2)
+    table, _, _ = fit_geometry(base, rng.standard_normal((200, base.dim)).astype(np.float32))
+    geometry = base.with_assignment(table).targets(np.arange(200))
+    again, _, fit = fit_geometry(base, geometry, current=table, margin=0.1)
+    np.testing.assert_array_equal(again, table)
+    assert fit == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fit_geometry_refuses_a_wrong_shape() -> None:
+    base = VectorSystem.create("v21", 50)
+    with pytest.raises(InputError, match=r"class geometry must be \(n_classes, dim\)"):
+        fit_geometry(base, np.zeros((50, base.dim + 1), dtype=np.float32))
