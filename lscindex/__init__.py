@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lscindex.assignment import match_classes
+from lscindex.assignment import fit_geometry, match_classes
 from lscindex.errors import (
     CapacityError,
     ConfigError,
@@ -109,6 +109,7 @@ __all__ = [
     "count_vectors",
     "evaluate",
     "fit",
+    "fit_geometry",
     "load_index",
     "match_classes",
     "n_min",

@@ -217,9 +217,11 @@ class Encoder(nn.Module):
         out: torch.Tensor = self.backbone(x)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """(B, dim) unit embeddings (lsc; with ``normalize=False`` the projection's raw output,
+        whose norm a softmax loss may use as a confidence) or (B, n_classes) logits (ce)."""
         out = self.head(self.features(x))
-        if self.config.head == "lsc":
+        if self.config.head == "lsc" and normalize:
             return F.normalize(out.float(), dim=1)
         return out
 

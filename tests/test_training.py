@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -299,7 +300,10 @@ def test_resume_without_a_run(image_folder: Path, tmp_path: Path) -> None:
         ({"lr": 0.0}, "lr must be > 0"),
         ({"head": "svm"}, "head must be 'lsc' or 'ce'"),
         ({"device": "tpu"}, "device must be"),
-        ({"assignment": "random"}, "assignment must be 'codec' or 'data', got 'random'"),
+        (
+            {"assignment": "random"},
+            "assignment must be 'codec', 'data' or 'features', got 'random'",
+        ),
         ({"rematch_until": 1.5}, r"share of the training steps in \[0, 1\], got 1.5"),
         ({"rematch_per_epoch": -1}, "rematch_per_epoch must be >= 0"),
         ({"assign_samples": -2}, "assign_samples must be >= 0"),
@@ -410,3 +414,45 @@ def test_batch_size_one_and_unknown_devices_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="device 'gpu' is not one of auto, cpu, cuda"):
         select_device("gpu")
+
+
+def test_feature_fit_assignment_resumes_bit_exact(image_folder: Path, tmp_path: Path) -> None:
+    """The default assignment (the untrained backbone's class geometry fitted onto the lattice)
+    is made once, saved with every checkpoint, and a run stopped mid-way resumes on it."""
+    reference = tmp_path / "reference"
+    fit(config(image_folder, reference, epochs=2))
+    cfg = json.loads((reference / "config.json").read_text())
+    assert cfg["train"]["assignment"] == "features" and cfg["train"]["centered"] is True
+    assert cfg["model"]["system"]["centered"] is True
+    stopped = tmp_path / "stopped"
+    fit(config(image_folder, stopped, epochs=2, max_steps=8))  # 6 steps an epoch: mid-epoch 2
+    fit(config(image_folder, stopped, epochs=2), resume=True)
+    for key, value in load_file(reference / "model.safetensors").items():
+        np.testing.assert_array_equal(load_file(stopped / "model.safetensors")[key], value)
+    assert metrics_of(stopped) == metrics_of(reference)
+    assert (stopped / "assignment.safetensors").read_bytes() == (
+        reference / "assignment.safetensors"
+    ).read_bytes()
+
+
+def test_resuming_a_run_made_before_centring_needs_its_settings(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "old"
+    fit(config(image_folder, run, epochs=1, max_steps=1, assignment="data", centered=False))
+    saved = json.loads((run / "config.json").read_text())
+    del saved["train"]["centered"]  # as written by a version without the key
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunError, match=r"centered: False -> True"):
+        fit(config(image_folder, run, epochs=1, assignment="data"), resume=True)
+    fit(config(image_folder, run, epochs=1, assignment="data", centered=False), resume=True)
+
+
+def test_lattice_softmax_loss_trains(image_folder: Path, tmp_path: Path) -> None:
+    fit(config(image_folder, tmp_path / "run", epochs=8, loss="lattice", loss_scale=8.0))
+    rows = metrics_of(tmp_path / "run")
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["loss"] == "lattice" and cfg["train"]["loss_scale"] == 8.0
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_top1"] >= 0.8  # as the cosine run of the same length

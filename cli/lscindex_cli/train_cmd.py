@@ -147,8 +147,15 @@ HELP = {
     "system": "Vector system kind: v21, v11, v22, v21s, ...",
     "dim": "Latent dim: auto (n_min) or an integer.",
     "system_seed": "Seed of the class-to-target codec.",
-    "assignment": "Which target each class owns: data (matched to where the network puts the "
-    "class, re-matched early in training) or codec (seeded, table-free).",
+    "assignment": "Which target each class owns: features (the untrained backbone's class "
+    "geometry fitted onto the lattice, so similar classes get neighbouring targets), data "
+    "(matched to where the network puts the class, re-matched early in training) or codec "
+    "(seeded, table-free).",
+    "centered": "Zero-mean targets (the lattice mean subtracted); decoding is unchanged.",
+    "loss": "lsc loss: cosine (1 - cos to the target) or lattice (cosine plus a softmax over "
+    "every vector of the system, O(dim) per sample).",
+    "loss_scale": "--loss lattice: logit scale.",
+    "loss_weight": "--loss lattice: weight of the softmax next to the cosine.",
     "rematch_per_epoch": "Re-match the data assignment this often per epoch (0: never).",
     "rematch_until": "Re-match only in this first share of the steps.",
     "rematch_margin": "A class moves to a new target only if it is closer by this cosine.",

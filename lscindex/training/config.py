@@ -17,8 +17,18 @@ __all__ = ["ARCHITECTURE_KEYS", "SCHEDULES", "TrainConfig", "architecture_change
 
 # Keys of TrainConfig that define the model; --resume refuses to change them. The value a run
 # made before a key existed is what that run did (runs before assignments used the codec).
-ARCHITECTURE_KEYS = ("model", "head", "system", "dim", "system_seed", "img_size", "assignment")
-_BEFORE_KEY_EXISTED = {"assignment": "codec"}
+ARCHITECTURE_KEYS = (
+    "model",
+    "head",
+    "system",
+    "dim",
+    "system_seed",
+    "img_size",
+    "assignment",
+    "centered",
+)
+_BEFORE_KEY_EXISTED = {"assignment": "codec", "centered": False}
+_LSC_ONLY = ("assignment", "centered")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +46,11 @@ class TrainConfig:
     system: str = "v21"
     dim: int | None = None
     system_seed: int = 0
-    assignment: Literal["codec", "data"] = "data"
+    assignment: Literal["codec", "data", "features"] = "features"
+    centered: bool = True
+    loss: Literal["cosine", "lattice"] = "cosine"
+    loss_scale: float = 1.0
+    loss_weight: float = 1.0
     rematch_per_epoch: int = 1
     rematch_until: float = 0.5
     rematch_margin: float = 0.0
@@ -74,8 +88,10 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0 or self.checkpoint_every < 0 or self.max_steps < 0:
             raise ConfigError("workers, checkpoint_every and max_steps must be >= 0")
-        if self.assignment not in ("codec", "data"):
-            raise ConfigError(f"assignment must be 'codec' or 'data', got {self.assignment!r}")
+        if self.assignment not in ("codec", "data", "features"):
+            raise ConfigError(
+                f"assignment must be 'codec', 'data' or 'features', got {self.assignment!r}"
+            )
         if not 0.0 <= self.rematch_until <= 1.0:
             raise ConfigError(
                 f"rematch_until is a share of the training steps in [0, 1], got "
@@ -89,6 +105,13 @@ class TrainConfig:
         if self.assign_samples < 0:
             raise ConfigError(
                 f"assign_samples must be >= 0 (0: every training image), got {self.assign_samples}"
+            )
+        if self.loss not in ("cosine", "lattice"):
+            raise ConfigError(f"loss must be 'cosine' or 'lattice', got {self.loss!r}")
+        if self.loss_scale <= 0 or self.loss_weight < 0:
+            raise ConfigError(
+                f"loss_scale must be > 0 and loss_weight >= 0, got {self.loss_scale} and "
+                f"{self.loss_weight}"
             )
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
@@ -182,7 +205,7 @@ def _check_opt(opt: str, *, device: str) -> None:
 
 def architecture_changes(saved: dict[str, Any], config: TrainConfig, n_classes: int) -> list[str]:
     """What resuming ``saved`` (a run's config.json) with ``config`` would change, as text."""
-    keys = [k for k in ARCHITECTURE_KEYS if k != "assignment" or config.head == "lsc"]
+    keys = [k for k in ARCHITECTURE_KEYS if k not in _LSC_ONLY or config.head == "lsc"]
     before = {k: saved["train"].get(k, _BEFORE_KEY_EXISTED.get(k)) for k in keys}
     changes = [
         f"{key}: {before[key]!r} -> {getattr(config, key)!r}"

@@ -47,7 +47,7 @@ from lscindex.model import (
 from lscindex.shards import give_back_freed_memory
 from lscindex.systems import VectorSystem
 from lscindex.training.config import TrainConfig, architecture_changes, check_same_data
-from lscindex.training.matching import assignment_samples, match_from_model
+from lscindex.training.matching import assignment_samples, fit_from_features, match_from_model
 from lscindex.training.progress import EpochMetrics, TrainCallbacks, TrainResult
 from lscindex.training.sampling import EpochSampler, ordered_loader
 
@@ -113,11 +113,12 @@ class _Job:
     loss_fn: torch.nn.Module
     assign_samples: Sequence[tuple[Any, int]] = field(default_factory=list)
     callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
+    fit: float | None = None  # mean cosine of the fitted class geometry to its targets
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def set_system(self, system: VectorSystem) -> None:
         self.system = system
-        self.loss_fn = create_loss(self.config.head, system)
+        self.loss_fn = _loss(self.config, system)
 
     def rematch(self) -> None:
         """Match the classes to targets again from the model's class means (data assignment)."""
@@ -137,6 +138,24 @@ class _Job:
                 progress=self._match_progress,
             )
         )
+
+    def fit_features(self) -> None:
+        """Assign classes by fitting the backbone's class geometry onto the lattice."""
+        assert self.system is not None
+        system, fit = fit_from_features(
+            self.model,
+            self.system,
+            self.assign_samples,
+            transform=self.eval_tf,
+            batch_size=self.config.batch_size,
+            workers=self.config.workers,
+            amp_dtype=self.amp_dtype,
+            device=self.device,
+            ranks=self.ranks,
+            progress=self._match_progress,
+        )
+        self.set_system(system)
+        self.fit = fit
 
     def _match_progress(self, images: int, total: int, img_per_s: float) -> None:
         self.callbacks.on_match(images=images, total=total, img_per_s=img_per_s)
@@ -202,7 +221,11 @@ def _setup(
     system = None
     if config.head == "lsc":
         system = VectorSystem.create(
-            config.system, splits.n_classes, dim=config.dim, seed=config.system_seed
+            config.system,
+            splits.n_classes,
+            dim=config.dim,
+            seed=config.system_seed,
+            centered=config.centered,
         )
     if saved is not None:
         changes = architecture_changes(saved, config, splits.n_classes)
@@ -224,7 +247,7 @@ def _setup(
     model = create_model(model_config, pretrained=config.pretrained).to(device)
     train_tf = create_train_transform(model.data_config, augment=config.augment)
     eval_tf = create_eval_transform(model.data_config)
-    loss_fn = create_loss(config.head, system)
+    loss_fn = _loss(config, system)
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=config.opt, lr=config.lr, weight_decay=config.weight_decay
     )
@@ -266,6 +289,16 @@ def _setup(
     return job, splits, ckpt.load_training_state(out) if resume else None
 
 
+def _loss(config: TrainConfig, system: VectorSystem | None) -> torch.nn.Module:
+    return create_loss(
+        config.head,
+        system,
+        loss=config.loss,
+        scale=config.loss_scale,
+        weight=config.loss_weight,
+    )
+
+
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
     """timm's scheduler, stepped per update: warm-up from 1% of lr, then down to 1% of it."""
     import timm.scheduler
@@ -287,8 +320,8 @@ def _system_spec(system: VectorSystem | None, config: TrainConfig) -> dict[str, 
     if system is None:
         return None
     spec = system.to_dict()
-    if config.assignment == "data":
-        spec["assignment"] = "data"
+    if config.assignment != "codec":
+        spec["assignment"] = "data"  # a table, however it was found
     return spec
 
 
@@ -302,9 +335,13 @@ def _start(
         job.optimizer.load_state_dict(state.optimizer)
         progress.epoch, progress.step_in_epoch = state.epoch, state.step_in_epoch
         progress.global_step = state.global_step
-    if job.system is not None and config.assignment == "data":
+    if job.system is not None and config.assignment != "codec":
         job.assign_samples = assignment_samples(job.train, job.n_classes, config.assign_samples)
-        if state is None:
+        if state is None and config.assignment == "features":
+            # Classes that the untrained backbone already sees as alike start on neighbouring
+            # targets.
+            job.fit_features()
+        elif state is None:
             # The first matching, from the untrained network: classes start on targets near
             # where the network already puts them.
             job.rematch()
@@ -478,7 +515,8 @@ def _train_step(
     """Forward, loss, backward and optimizer step; returns the (detached) weighted loss."""
     amp_dtype = job.amp_dtype
     with torch.autocast(job.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = job.train_model(images)
+        # the raw projection: the cosine loss normalises it, the lattice softmax reads its norm
+        out = job.train_model(images, normalize=False)
     loss = job.loss_fn(out, labels) * weight
     job.optimizer.zero_grad(set_to_none=True)
     job.scaler.scale(loss).backward()
