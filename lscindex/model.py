@@ -272,13 +272,16 @@ def create_train_transform(data_config: dict[str, Any], *, augment: bool) -> Any
     """timm's training transform for a run's data config.
 
     Glyph-friendly augmentation: no flips (mirrored characters are other characters), mild crops
-    and no colour jitter; with ``augment=False`` the eval-style resize only.
+    and no colour jitter; with ``augment=False`` exactly the eval transform
+    (:func:`create_eval_transform`: the whole image, as validation, embed and query see it --
+    timm's own no-augmentation transform would crop to its default 87.5%).
     """
     import timm.data
 
+    if not augment:
+        return create_eval_transform({k: data_config[k] for k in DATA_CONFIG_KEYS})
     return timm.data.create_transform(
-        is_training=augment,
-        no_aug=not augment,
+        is_training=True,
         scale=(0.7, 1.0),
         ratio=(0.85, 1.18),
         hflip=0.0,

@@ -8,7 +8,13 @@ import torch
 
 from lscindex import VectorSystem
 from lscindex.errors import ConfigError
-from lscindex.model import DATA_CONFIG_KEYS, ModelConfig, create_eval_transform, create_model
+from lscindex.model import (
+    DATA_CONFIG_KEYS,
+    ModelConfig,
+    create_eval_transform,
+    create_model,
+    create_train_transform,
+)
 
 
 def lsc_config(**kw) -> ModelConfig:  # type: ignore[no-untyped-def]
@@ -105,3 +111,18 @@ def test_backbones_with_a_pre_logits_layer_get_the_right_width() -> None:
     ).eval()
     assert model.feature_dim == 1024
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, system.dim)
+
+
+def test_training_without_augmentation_sees_images_as_validation_does() -> None:
+    from PIL import Image
+
+    model = create_model(lsc_config(img_size=32))
+    train = create_train_transform(model.data_config, augment=False)
+    rng = np.random.default_rng(1)
+    for width, height in ((32, 32), (40, 29)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        assert torch.equal(train(image), create_eval_transform(model.data_config)(image))
+    augmented = create_train_transform(model.data_config, augment=True)
+    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    assert not torch.equal(augmented(image), train(image))  # random crops
