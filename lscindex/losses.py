@@ -44,7 +44,9 @@ class CosineTargetLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         targets = torch.from_numpy(self.system.targets(labels.detach().cpu().numpy()))
         targets = targets.to(device=embeddings.device, dtype=torch.float32)
-        cos = F.cosine_similarity(embeddings.float(), targets, dim=1)
+        # normalised first, as the model's unit output always was: the raw projection output
+        # that training passes gives the same numbers to the last bit
+        cos = F.cosine_similarity(F.normalize(embeddings.float(), dim=1), targets, dim=1)
         return (1.0 - cos).mean()
 
 

@@ -48,7 +48,7 @@ class TrainConfig:
     system_seed: int = 0
     assignment: Literal["codec", "data", "features"] = "features"
     centered: bool = True
-    loss: Literal["cosine", "lattice"] = "cosine"
+    loss: Literal["cosine", "lattice"] = "lattice"
     loss_scale: float = 1.0
     loss_weight: float = 1.0
     rematch_per_epoch: int = 1
