@@ -152,7 +152,7 @@ def test_good_choices_pass_the_command_line(
 
 def test_help_lists_short_choice_lists_only(capsys: pytest.CaptureFixture[str]) -> None:
     out = help_text(["train"], capsys)
-    assert "<lsc|ce>" in out and "<codec|data>" in out and "<auto|cpu|cuda|cuda:N>" in out
+    assert "<lsc|ce>" in out and "<codec|data|features>" in out and "<auto|cpu|cuda|cuda:N>" in out
     assert "timm.optim.list_optimizers()" in out and "adabelief" not in out
     assert "<float16|float32>" in help_text(["embed"], capsys)
 

@@ -222,14 +222,17 @@ FAST = ["--model", "test_resnet", "--batch-size", "16", "-j", "0", "--img-size",
 def logged_run(
     image_folder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, str]]:
-    """``lscindex train`` (2 epochs of 6 steps) with --log-interval 1: (run, stdout)."""
+    """``lscindex train --assignment data`` (2 epochs of 6 steps) with --log-interval 1: (run,
+    stdout)."""
     capture = pytest.MonkeyPatch()
     out = io.StringIO()
     capture.setattr("sys.stdout", out)
     run = tmp_path_factory.mktemp("progress") / "run"
     from lscindex_cli.main import main
 
-    args = ["train", str(image_folder), "--out", str(run), "--epochs", "2", *FAST]
+    # the data assignment: a matching pass before step 1 and a re-match mid-run to report
+    args = ["train", str(image_folder), "--out", str(run), "--epochs", "2", "--assignment", "data"]
+    args += FAST
     try:
         main([*args, "--log-interval", "1"])
     except SystemExit as exc:

@@ -307,6 +307,9 @@ def test_resume_without_a_run(image_folder: Path, tmp_path: Path) -> None:
         ({"rematch_until": 1.5}, r"share of the training steps in \[0, 1\], got 1.5"),
         ({"rematch_per_epoch": -1}, "rematch_per_epoch must be >= 0"),
         ({"assign_samples": -2}, "assign_samples must be >= 0"),
+        ({"loss_scale": 0.0}, "loss_scale must be > 0 and loss_weight >= 0, got 0.0 and 1.0"),
+        ({"loss_weight": -1.0}, "loss_scale must be > 0 and loss_weight >= 0, got 1.0 and -1.0"),
+        ({"loss": "hinge"}, "loss must be 'cosine' or 'lattice', got 'hinge'"),
     ],
 )
 def test_bad_config_values(kw: dict[str, object], match: str, tmp_path: Path) -> None:

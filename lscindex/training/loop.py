@@ -113,7 +113,6 @@ class _Job:
     loss_fn: torch.nn.Module
     assign_samples: Sequence[tuple[Any, int]] = field(default_factory=list)
     callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
-    fit: float | None = None  # mean cosine of the fitted class geometry to its targets
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def set_system(self, system: VectorSystem) -> None:
@@ -142,7 +141,7 @@ class _Job:
     def fit_features(self) -> None:
         """Assign classes by fitting the backbone's class geometry onto the lattice."""
         assert self.system is not None
-        system, fit = fit_from_features(
+        system, _ = fit_from_features(
             self.model,
             self.system,
             self.assign_samples,
@@ -155,7 +154,6 @@ class _Job:
             progress=self._match_progress,
         )
         self.set_system(system)
-        self.fit = fit
 
     def _match_progress(self, images: int, total: int, img_per_s: float) -> None:
         self.callbacks.on_match(images=images, total=total, img_per_s=img_per_s)
