@@ -26,13 +26,20 @@ from pathlib import Path
 from typing import Any
 
 CONFIGS: dict[str, list[str]] = {
-    "v21-data": [],  # the default recipe
-    "v21-data-4x": ["--rematch-per-epoch", "4", "--assign-samples", "4"],
-    "v21-codec": ["--assignment", "codec"],
-    "v11-data": ["--system", "v11"],
-    "v22-data": ["--system", "v22"],
-    "v21-384-data": ["--dim", "384"],
-    "v21-384-codec": ["--dim", "384", "--assignment", "codec"],
+    "v21-features": [],  # the default recipe: feature-fitted assignment, centred, lattice loss
+    "v21-features-cosine": ["--loss", "cosine"],
+    "v21-features-noaug": ["--no-augment"],
+    # the recipes of earlier releases (the data assignment's default, then the codec's)
+    "v21-data": ["--assignment", "data", "--no-centered", "--loss", "cosine"],
+    "v21-data-4x": [
+        *("--assignment", "data", "--no-centered", "--loss", "cosine"),
+        *("--rematch-per-epoch", "4", "--assign-samples", "4"),
+    ],
+    "v21-codec": ["--assignment", "codec", "--no-centered", "--loss", "cosine"],
+    "v11-data": ["--system", "v11", "--assignment", "data", "--loss", "cosine"],
+    "v22-data": ["--system", "v22", "--assignment", "data", "--loss", "cosine"],
+    "v21-384-data": ["--dim", "384", "--assignment", "data", "--no-centered", "--loss", "cosine"],
+    "v21-384-codec": ["--dim", "384", "--assignment", "codec", "--no-centered", "--loss", "cosine"],
     "ce": ["--head", "ce"],
 }
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lscindex import VectorSystem
-from lscindex.assignment import match_classes
+from lscindex.assignment import fit_geometry, match_classes
 from lscindex.data import load_dataset, read_image
 
 
@@ -90,7 +90,13 @@ class Net(nn.Module):
         if args.loss == "bneck" or args.warm_head:  # a learned softmax head on the n_min output
             self.classifier = nn.Linear(dim, n_classes)
         self.vectors = unit_vectors(system)
+        if args.center:  # zero-mean lattice: subtract the mean of all vectors, renormalise
+            self.vectors = F.normalize(self.vectors - self.vectors.mean(0, keepdim=True), dim=1)
         self.table = torch.from_numpy(system.vector_ids(np.arange(n_classes)).astype(np.int64))
+        if args.targets:  # fixed targets from a file: (n_classes, dim) rows, one per class
+            t = torch.from_numpy(np.load(args.targets)).float()
+            self.vectors = F.normalize(t, dim=1)
+            self.table = torch.arange(n_classes)
         self.sums = torch.zeros(n_classes, dim)
         self.warming = bool(args.warm_head)
         if args.aux_dim:
@@ -105,6 +111,8 @@ class Net(nn.Module):
             self.aux_raw = self.aux(h)
             self.aux_out = F.normalize(self.aux_raw, dim=1)
         self.raw = self.bn(self.head(h))
+        if self.args.center_out:
+            self.raw = self.raw - self.raw.mean(1, keepdim=True)
         return F.normalize(self.raw, dim=1)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,6 +138,11 @@ class Net(nn.Module):
             logits = args.scale * sim.gather(1, idx)
             logits[:, 0] -= args.scale * args.margin
             loss = F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+        elif args.loss in ("lsm", "lzsm"):  # cosine + softmax over every lattice vector
+            z = out if args.loss == "lsm" else self.raw
+            logits = args.scale * z @ self.vectors.T
+            loss = (1 - (out * targets[y]).sum(1)).mean()
+            loss = loss + args.sm_weight * F.cross_entropy(logits, self.table[y])
         elif args.loss == "hinge":  # cosine plus a hinge against the nearest wrong target
             sim = out @ targets.T
             pos = sim[rows, y]
@@ -168,14 +181,18 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kind", default="v21")
     ap.add_argument("--dim", type=int, default=None)
-    ap.add_argument("--assign", choices=["codec", "data0", "data"], default="data")
+    ap.add_argument("--assign", choices=["codec", "data0", "data", "fixed"], default="data")
     ap.add_argument("--rematch-until", type=float, default=1.0)
     ap.add_argument("--rematch-steps", type=int, default=0)
     ap.add_argument("--bn", action="store_true", help="BatchNorm1d on the projection")
     ap.add_argument("--bn-affine", action="store_true")
     ap.add_argument("--mlp", action="store_true", help="a 2-layer MLP projection")
     ap.add_argument("--head-lr", type=float, default=1.0, help="lr multiplier of the projection")
-    ap.add_argument("--loss", choices=["cos", "sm", "zsm", "hard", "hinge", "bneck"], default="cos")
+    ap.add_argument(
+        "--loss",
+        choices=["cos", "sm", "zsm", "hard", "hinge", "bneck", "lsm", "lzsm"],
+        default="cos",
+    )
     ap.add_argument("--scale", type=float, default=16)
     ap.add_argument("--margin", type=float, default=0.0)
     ap.add_argument("--negs", type=int, default=32)
@@ -186,6 +203,54 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="epochs with a learned softmax head on the n_min output before the fixed targets",
     )
+    ap.add_argument("--center", action="store_true", help="zero-mean lattice targets")
+    ap.add_argument("--center-out", action="store_true", help="subtract each output's mean")
+    ap.add_argument("--targets", default="", help=".npy of fixed class targets (no assignment)")
+    ap.add_argument(
+        "--assign-from",
+        default="",
+        help=".npy class geometry to fit onto the lattice once (Procrustes + greedy), then fixed",
+    )
+    ap.add_argument(
+        "--assign-feat",
+        choices=["", "init", "epoch"],
+        default="",
+        help="fit backbone-feature class means (PCA to dim) onto the lattice: once, or again "
+        "after each of the first --refit-epochs epochs",
+    )
+    ap.add_argument(
+        "--bn-calib",
+        type=int,
+        default=0,
+        help="train-mode batches that set the BatchNorm statistics before a fit",
+    )
+    ap.add_argument(
+        "--init-head", action="store_true", help="solve the projection by least squares after a fit"
+    )
+    ap.add_argument("--ridge", type=float, default=1e-3)
+    ap.add_argument("--head-scale", type=float, default=0.0, help="0: the norm of the default init")
+    ap.add_argument(
+        "--refit-epochs",
+        type=int,
+        default=2,
+        help="--assign-feat epoch: refit after this many epochs",
+    )
+    ap.add_argument("--refit-margin", type=float, default=0.05)
+    ap.add_argument(
+        "--whiten", action="store_true", help="--assign-feat: whiten the PCA coordinates"
+    )
+    ap.add_argument(
+        "--feat-stages",
+        action="store_true",
+        help="--assign-feat: pooled features of every stage, side by side",
+    )
+    ap.add_argument(
+        "--then-rematch",
+        action="store_true",
+        help="--assign-feat: re-match from the outputs after each epoch of the first half, as "
+        "the data assignment does",
+    )
+    ap.add_argument("--save-head", default="", help="bneck: save the learned class head .npy")
     ap.add_argument("--aux-dim", type=int, default=0, help="auxiliary head width (0: none)")
     ap.add_argument("--aux-kind", default="v21")
     ap.add_argument("--aux-loss", choices=["cos", "fsm"], default="cos")
@@ -268,7 +333,117 @@ def main() -> None:
         net.sums.zero_()
         return int((old != net.table).sum())
 
-    if args.assign.startswith("data") and not args.warm_head:
+    def fit_onto_lattice(geom: torch.Tensor) -> tuple[torch.Tensor, float]:
+        table, _, fit = fit_geometry(system, geom.numpy(), centered=args.center)
+        net.rotation = torch.from_numpy(rot)
+        return torch.from_numpy(table), fit
+
+    def calibrate_bn(batches: int) -> None:
+        """Running BatchNorm statistics from train-mode passes (no gradient), so that the eval-mode
+        features the fit reads are the ones training sees."""
+        bns = [m for m in net.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(123))
+        net.train()
+        with torch.no_grad():
+            for i in range(batches):
+                net.backbone(norm(xtr[order[i * args.bs : (i + 1) * args.bs]]))
+        for m in bns:
+            m.momentum = 0.1
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        if not args.feat_stages:
+            return net.backbone(x)
+        # every stage's feature map, average-pooled and L2-normalised, side by side
+        maps = net.backbone.forward_intermediates(x, intermediates_only=True)
+        return torch.cat([F.normalize(m.mean((2, 3)), dim=1) for m in maps], dim=1)
+
+    def features() -> torch.Tensor:
+        net.eval()
+        with torch.no_grad():
+            h = torch.cat([pooled(norm(xtr[i : i + 512])) for i in range(0, len(ytr), 512)])
+        net.train()
+        return h
+
+    def feature_geometry(h: torch.Tensor) -> torch.Tensor:
+        """Class means of the backbone's pooled features, centred, PCA to the system's dim."""
+        sums = torch.zeros(n_classes, h.shape[1]).index_add_(0, ytr, h)
+        counts = torch.bincount(ytr, minlength=n_classes).clamp(min=1)[:, None].float()
+        means = sums / counts
+        means = means - means.mean(0, keepdim=True)
+        _, sv, vh = torch.linalg.svd(means, full_matrices=False)
+        geom = means @ vh[: net.vectors.shape[1]].T
+        if args.whiten:  # every principal direction with the same spread
+            geom = geom / sv[: net.vectors.shape[1]].clamp(min=1e-12)
+        return geom
+
+    def solve_head(h: torch.Tensor) -> None:
+        """Least-squares projection from the features to each sample's target (ridge), scaled to
+        the output norm the current head gives."""
+        t = net.vectors[net.table][ytr]
+        mu, tbar = h.mean(0), t.mean(0)
+        hc = (h - mu).double()
+        gram = hc.T @ hc
+        gram += (
+            args.ridge * gram.trace() / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype)
+        )
+        w = torch.linalg.solve(gram, hc.T @ (t - tbar).double()).T.float()
+        b = tbar - w @ mu
+        with torch.no_grad():
+            before = net.head(h).norm(dim=1).mean()
+            after = (h @ w.T + b).norm(dim=1).mean()
+            scale = before / after if args.head_scale == 0 else args.head_scale
+            net.head.weight.copy_(w * scale)
+            net.head.bias.copy_(b * scale)
+            fit = F.cosine_similarity(net.head(h), t, dim=1).mean()
+        for p in net.head.parameters():
+            opt.state.pop(p, None)
+        print(
+            f"  head solved: train cosine to targets {float(fit):.3f} (scale {float(scale):.3g})",
+            flush=True,
+        )
+
+    def refit(anchored: bool) -> int:
+        if args.bn_calib:
+            calibrate_bn(args.bn_calib)
+        h = features()
+        old = net.table.clone()
+        table, _, fit = fit_geometry(
+            system,
+            feature_geometry(h).numpy(),
+            centered=args.center,
+            current=old.numpy() if anchored else None,
+            margin=args.refit_margin if anchored else 0.0,
+        )
+        net.table = torch.from_numpy(table)
+        print(
+            f"  fit: mean cosine of the fitted geometry to its lattice targets {fit:.3f}",
+            flush=True,
+        )
+        if args.init_head:
+            solve_head(h)
+        return int((old != net.table).sum())
+
+    if args.assign_feat:
+        refit(anchored=False)
+        args.assign = "data" if args.then_rematch else "fixed"
+    if args.targets:
+        args.assign = "fixed"
+    if args.assign_from:  # fit a given class geometry onto the lattice, then keep it fixed
+        unit = F.normalize(torch.from_numpy(np.load(args.assign_from)).float(), dim=1)
+        rot = torch.eye(net.vectors.shape[1], unit.shape[1])  # (dim, source dim), orthonormal
+        for _ in range(20):
+            table = greedy_assign(unit @ rot.T, net.vectors)
+            u, _, vh = torch.linalg.svd(net.vectors[table].T @ unit, full_matrices=False)
+            rot = u @ vh
+        net.table = greedy_assign(unit @ rot.T, net.vectors)
+        cos = ((unit @ rot.T) * net.vectors[net.table]).sum(1)
+        fit = float(cos.mean())
+        print(f"  assign-from: mean cosine of the rotated geometry to its targets {fit:.3f}")
+        args.assign = "fixed"
+    if args.assign.startswith("data") and not args.warm_head and not args.assign_feat:
         class_means()
         net.table = greedy_assign(net.sums, net.vectors)
         if args.aux_dim and args.aux_assign:
@@ -296,6 +471,8 @@ def main() -> None:
                 net.sums.zero_()
                 print(f"  step {g} changed {int((old != net.table).sum())}", flush=True)
         changed = 0
+        if args.assign_feat == "epoch" and ep + 1 <= args.refit_epochs and ep + 1 < args.epochs:
+            changed = refit(anchored=True)
         if args.warm_head and ep + 1 == args.warm_head:
             changed = switch_to_targets()
         last = ep + 1 == args.epochs
@@ -323,6 +500,8 @@ def main() -> None:
             f"changed {changed} ({time.time() - t0:.0f}s)",
             flush=True,
         )
+    if args.save_head:
+        np.save(args.save_head, net.classifier.weight.detach().numpy())
     print("RESULT", json.dumps({"name": args.name, "accs": accs}), flush=True)
 
 
