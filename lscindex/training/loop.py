@@ -122,38 +122,31 @@ class _Job:
     def rematch(self) -> None:
         """Match the classes to targets again from the model's class means (data assignment)."""
         assert self.system is not None
+        margin = self.config.rematch_margin
         self.set_system(
             match_from_model(
-                self.model,
-                self.system,
-                self.assign_samples,
-                transform=self.eval_tf,
-                batch_size=self.config.batch_size,
-                workers=self.config.workers,
-                margin=self.config.rematch_margin,
-                amp_dtype=self.amp_dtype,
-                device=self.device,
-                ranks=self.ranks,
-                progress=self._match_progress,
+                self.model, self.system, self.assign_samples, margin=margin, **self._pass
             )
         )
 
     def fit_features(self) -> None:
         """Assign classes by fitting the backbone's class geometry onto the lattice."""
         assert self.system is not None
-        system, _ = fit_from_features(
-            self.model,
-            self.system,
-            self.assign_samples,
-            transform=self.eval_tf,
-            batch_size=self.config.batch_size,
-            workers=self.config.workers,
-            amp_dtype=self.amp_dtype,
-            device=self.device,
-            ranks=self.ranks,
-            progress=self._match_progress,
-        )
+        system, _ = fit_from_features(self.model, self.system, self.assign_samples, **self._pass)
         self.set_system(system)
+
+    @property
+    def _pass(self) -> dict[str, Any]:
+        """How a matching pass embeds the assignment samples: eval transform, no gradients."""
+        return {
+            "transform": self.eval_tf,
+            "batch_size": self.config.batch_size,
+            "workers": self.config.workers,
+            "amp_dtype": self.amp_dtype,
+            "device": self.device,
+            "ranks": self.ranks,
+            "progress": self._match_progress,
+        }
 
     def _match_progress(self, images: int, total: int, img_per_s: float) -> None:
         self.callbacks.on_match(images=images, total=total, img_per_s=img_per_s)
