@@ -543,27 +543,12 @@ def fit_geometry(
         raise InputError("class geometry contains NaN or inf; check the features it came from")
     norms = np.linalg.norm(geometry, axis=1).astype(np.float32)
     scale = np.where(norms > 0, 1 / np.maximum(norms, np.finfo(np.float32).tiny), 0)
-    seen = max(int(np.count_nonzero(norms)), 1)
 
     def rotated(rotation: np.ndarray) -> MeanSource:
-        def source(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for start in range(0, len(class_ids), _FIT_ROWS):
-                ids = class_ids[start : start + _FIT_ROWS]
-                unit = geometry[ids].astype(np.float32) * scale[ids, None]
-                yield ids, unit @ rotation.T
-
-        return source
+        return _rotated_source(geometry, scale, rotation)
 
     def procrustes(table: np.ndarray) -> tuple[np.ndarray, float]:
-        """The rotation R onto ``table``'s targets, and the mean cosine under it."""
-        cross = np.zeros((system.dim, system.dim), dtype=np.float64)
-        for start in range(0, system.n_classes, _FIT_ROWS):
-            rows = slice(start, start + _FIT_ROWS)
-            unit = geometry[rows].astype(np.float64) * scale[rows, None]
-            cross += _unit_vectors(system, table[rows], centered=centered).T @ unit
-        u, _, vh = np.linalg.svd(cross)
-        rotation = u @ vh
-        return rotation.astype(np.float32), float(np.trace(rotation @ cross.T)) / seen
+        return _procrustes(system, geometry, scale, table, centered=centered)
 
     rotation = np.eye(system.dim, dtype=np.float32)
     if current is not None:
@@ -577,6 +562,39 @@ def fit_geometry(
         table = new
     rotation, fit = procrustes(table)  # the final table under its own best rotation
     return table, rotation, fit
+
+
+def _rotated_source(geometry: np.ndarray, scale: np.ndarray, rotation: np.ndarray) -> MeanSource:
+    """A :data:`MeanSource` of the unit rows of ``geometry`` rotated by ``rotation``."""
+
+    def source(class_ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(class_ids), _FIT_ROWS):
+            ids = class_ids[start : start + _FIT_ROWS]
+            unit = geometry[ids].astype(np.float32) * scale[ids, None]
+            yield ids, unit @ rotation.T
+
+    return source
+
+
+def _procrustes(
+    system: VectorSystem,
+    geometry: np.ndarray,
+    scale: np.ndarray,
+    table: np.ndarray,
+    *,
+    centered: bool,
+) -> tuple[np.ndarray, float]:
+    """The rotation R best mapping the unit rows of ``geometry`` onto ``table``'s targets, and
+    the mean cosine under it (over the rows that are not all zero)."""
+    cross = np.zeros((system.dim, system.dim), dtype=np.float64)
+    for start in range(0, system.n_classes, _FIT_ROWS):
+        rows = slice(start, start + _FIT_ROWS)
+        unit = geometry[rows].astype(np.float64) * scale[rows, None]
+        cross += _unit_vectors(system, table[rows], centered=centered).T @ unit
+    u, _, vh = np.linalg.svd(cross)
+    rotation = u @ vh
+    seen = max(int(np.count_nonzero(scale)), 1)
+    return rotation.astype(np.float32), float(np.trace(rotation @ cross.T)) / seen
 
 
 def _unit_vectors(system: VectorSystem, vector_ids: np.ndarray, *, centered: bool) -> np.ndarray:

@@ -209,15 +209,7 @@ def _setup(
     else:
         saved = run_files.load_run_config(out) if resume else None
     splits = load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
-    system = None
-    if config.head == "lsc":
-        system = VectorSystem.create(
-            config.system,
-            splits.n_classes,
-            dim=config.dim,
-            seed=config.system_seed,
-            centered=config.centered,
-        )
+    system = _create_system(config, splits.n_classes)
     if saved is not None:
         changes = architecture_changes(saved, config, splits.n_classes)
         if changes:
@@ -278,6 +270,19 @@ def _setup(
         loss_fn=loss_fn,
     )
     return job, splits, ckpt.load_training_state(out) if resume else None
+
+
+def _create_system(config: TrainConfig, n_classes: int) -> VectorSystem | None:
+    """The run's vector system with the codec (lsc), or None (ce)."""
+    if config.head != "lsc":
+        return None
+    return VectorSystem.create(
+        config.system,
+        n_classes,
+        dim=config.dim,
+        seed=config.system_seed,
+        centered=config.centered,
+    )
 
 
 def _loss(config: TrainConfig, system: VectorSystem | None) -> torch.nn.Module:
