@@ -13,7 +13,12 @@ import numpy as np
 
 from lscindex.errors import ConfigError, InputError
 
-__all__ = ["check_int", "to_numpy"]
+__all__ = ["MAX_CLASSES_PER_ROW", "check_int", "class_count_problem", "to_numpy"]
+
+# Integer labels number the classes 0..C-1; a C far above the row count means a mistyped or
+# hostile label, which would size every per-class table (names, counts, assignment) by it.
+MAX_CLASSES_PER_ROW = 100
+MAX_SPARE_CLASSES = 1_000_000
 
 
 def check_int(name: str, value: Any, *, minimum: int) -> int:
@@ -27,6 +32,15 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def class_count_problem(top_label: int, n_rows: int) -> str | None:
+    """Why integer labels up to ``top_label`` over ``n_rows`` rows are refused (None: they are
+    not). One rule for every data source: at most 100 classes a row plus a million spare, so a
+    label of 2**31 - 1 in a small shard is refused before anything class-sized is allocated."""
+    if top_label >= MAX_CLASSES_PER_ROW * n_rows + MAX_SPARE_CLASSES:
+        return f"make {top_label + 1:,} classes for {n_rows:,} rows"
+    return None
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -214,8 +214,22 @@ def as_location(path: PathOrUrl, what: str = "path") -> Location:
             f"collapsed it); pass it as {scheme}://{rest}"
         )
     if scheme == "file":
-        return Path(rest if rest.startswith("/") else f"/{rest}")
+        return _file_url_path(text, rest, what)
     return _remote(text, scheme, what)
+
+
+def _file_url_path(url: str, rest: str, what: str) -> Path:
+    """The local path of ``file:///abs/x`` or ``file://localhost/abs/x``. ``file://x`` names a
+    host, not a relative path: refused, rather than read as ``/x`` at the file-system root."""
+    if rest.startswith("/"):
+        return Path(rest)
+    host, _, tail = rest.partition("/")
+    if host.lower() == "localhost":
+        return Path(f"/{tail}")
+    raise StoreError(
+        f"{what} {url}: a file:// URL names an absolute path (file:///abs/path); for a path "
+        f"relative to the current folder drop the prefix and pass {rest}"
+    )
 
 
 def _remote(url: str, scheme: str, what: str) -> RemotePath:

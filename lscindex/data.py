@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lscindex._checks import class_count_problem
 from lscindex.errors import ConfigError, DataError
 
 __all__ = [
@@ -51,7 +52,6 @@ IMAGE_EXTENSIONS = frozenset(
 )
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 # Integer labels may skip ids, but not so many that most classes would have no images.
-_MAX_CLASSES_PER_ROW = 100
 MIN_IMAGE_SIDE = 4
 
 
@@ -285,13 +285,10 @@ def _manifest_classes(path: Path, rows: list[ManifestRow]) -> tuple[list[int], l
     labels = [r.label for r in rows if isinstance(r.label, int)]
     if len(labels) == len(rows):
         top = max(labels)
-        if top >= _MAX_CLASSES_PER_ROW * len(rows) + 1_000_000:
+        if problem := class_count_problem(top, len(rows)):
             big = [i for i, label in enumerate(labels) if label == top]
             _refuse_rows(
-                path,
-                big,
-                f"make {top + 1:,} classes for {len(rows):,} rows",
-                "number the classes 0..n-1 (most classes would have no images)",
+                path, big, problem, "number the classes 0..n-1 (most classes would have no images)"
             )
         names = ["" for _ in range(max(labels) + 1)]
         for label, row in zip(labels, rows, strict=True):

@@ -39,7 +39,7 @@ from lscindex._location import (
 )
 from lscindex._store_reading import ok_rows, row_coverage_problem
 from lscindex.errors import ConfigError, StoreError
-from lscindex.index_factory import FactoryChoice, choose_factory
+from lscindex.index_factory import FactoryChoice, check_factory, choose_factory
 from lscindex.store import EmbeddingStore, open_store
 
 __all__ = [
@@ -321,6 +321,7 @@ def _create_index(factory: str, dim: int) -> Any:
     """
     import faiss
 
+    check_factory(factory)
     try:
         base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:

@@ -27,7 +27,13 @@ from typing import Any
 
 from lscindex.errors import ConfigError
 
-__all__ = ["FactoryCandidate", "FactoryChoice", "choose_factory", "estimate_index_bytes"]
+__all__ = [
+    "FactoryCandidate",
+    "FactoryChoice",
+    "check_factory",
+    "choose_factory",
+    "estimate_index_bytes",
+]
 
 # Exhaustive search of up to this many rows answers a query in a few ms: exact wins.
 FLAT_MAX_ROWS = 100_000
@@ -43,6 +49,46 @@ MAX_NLIST = 1 << 16
 ID_MAP_BYTES_PER_ROW = 56
 LIST_ID_BYTES = 8  # IVF keeps an int64 id next to each code
 OVERHEAD_BYTES = 4096
+
+
+# Ranges of the factory parameters FAISS does not check itself: outside them it aborts (HNSW0),
+# crashes (HNSW1, PQ6x0, NSG0, RR0), or allocates without bound (HNSW999999, IVF10^9).
+# (pattern, name of the number, lowest, highest); a pattern's number is its first group.
+_PARAMETERS = (
+    (r"HNSW(\d+)", "HNSW M", 2, 256),
+    (r"NSG(\d+)", "NSG R", 2, 256),
+    (r"IVF(\d+)", "IVF nlist", 1, 1 << 22),
+    (r"IMI(\d+)x\d+", "IMI bits", 1, 16),
+    (r"IMI\d+x(\d+)", "IMI bits", 1, 16),
+    (r"(?<!O)PQ(\d+)", "PQ m", 1, 4096),
+    (r"OPQ(\d+)", "OPQ m", 1, 4096),
+    (r"PQ\d+x(\d+)", "PQ bits", 1, 16),
+    (r"(?:PCA|PCAR|PCAW|PCAWR|RR|ITQ|OPQ\d+_)(\d+)", "output dim", 1, 65536),
+)
+
+
+def check_factory(factory: str) -> None:
+    """Refuse factory parameters FAISS would crash or run out of memory on, before it sees them.
+
+    ``HNSW{M}`` and ``NSG{R}`` need 2..256 links, ``IVF{nlist}`` 1..4,194,304 lists, ``PQ{m}x{bits}``
+    1..16 bits, and every size a positive number. Anything else is FAISS's to judge.
+
+    Raises:
+        ConfigError: naming the parameter, its value, the factory and the range.
+
+    Example:
+        >>> check_factory("HNSW1")
+        Traceback (most recent call last):
+        lscindex.errors.ConfigError: HNSW M of 1 in 'HNSW1' is out of range; use 2..256, e.g. HNSW32
+    """
+    for pattern, name, low, high in _PARAMETERS:
+        for found in re.finditer(pattern, factory):
+            value = int(found[1])
+            if not low <= value <= high:
+                example = "e.g. HNSW32" if name.startswith("HNSW") else "e.g. HNSW32 or IVF1024,SQ8"
+                raise ConfigError(
+                    f"{name} of {value} in {factory!r} is out of range; use {low}..{high}, {example}"
+                )
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lscindex._checks import class_count_problem
 from lscindex._class_names import ClassNames, parse_names_json
 from lscindex.errors import DataError
 
@@ -215,6 +216,11 @@ def _labels(
     if all(integer):
         labels = np.concatenate(raw) if raw else np.zeros(0, np.int32)
         n = int(labels.max()) + 1 if len(labels) else 0
+        if problem := class_count_problem(n - 1, len(labels)):
+            raise DataError(
+                f"shards of {files[0].parent}: labels up to {n - 1:,} {problem}; number the "
+                f"classes 0..C-1 (most classes would have no images)"
+            )
         return labels.astype(_compact(n), copy=False), None, n
     column = pa.chunked_array([c for r in raw for c in r.chunks], raw[0].type)  # type: ignore[union-attr]
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):

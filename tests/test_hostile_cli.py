@@ -469,6 +469,34 @@ def test_a_factory_faiss_cannot_parse_is_one_line(
 
 
 @pytest.mark.parametrize(
+    ("factory", "expected"),
+    [
+        ("HNSW0", "HNSW M of 0 in 'HNSW0'"),  # FAISS: SIGABRT
+        ("HNSW1", "HNSW M of 1 in 'HNSW1'"),  # FAISS: SIGSEGV
+        ("HNSW999999", "HNSW M of 999999"),  # FAISS: a 2.4 GB index for a few hundred rows
+        ("IVF0,Flat", "IVF nlist of 0"),
+        ("IVF1000000000,Flat", "IVF nlist of 1000000000"),  # FAISS: bad_alloc
+        ("IVF4,PQ3x0", "PQ bits of 0"),  # FAISS: SIGSEGV
+        ("NSG0", "NSG R of 0"),
+        ("RR0,Flat", "output dim of 0 in 'RR0,Flat'"),
+    ],
+)
+def test_factory_parameters_faiss_would_crash_on_are_refused_first(
+    factory: str,
+    expected: str,
+    indexed_run: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run, store = indexed_run
+    before = snapshot(run, store.parent)
+    out = tmp_path / "bad.faiss"
+    code, _, err = run_cli(["index", str(store), "--factory", factory, "--out", str(out)], capsys)
+    assert_one_line_error(code, err, expected, before=before, roots=(run, store.parent))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     ("exc", "expected"),
     [
         (OSError(errno.ENOSPC, "No space left on device", b"/x/bad\xff"), "/x/bad\udcff"),
@@ -501,6 +529,7 @@ def test_which_errors_are_the_users(exc: BaseException, expected: str | None) ->
         (["query", "IMAGE", "--run", "RUN", "--index"], "foo://b/emb.faiss", "unknown URL scheme"),
         (["index", "s3:/bucket/emb.zarr"], None, "pass it as s3://bucket/emb.zarr"),
         (["verify"], "memory://", "names no object"),
+        (["embed", "DATA", "--run", "RUN", "--out"], "file://../x.zarr", "(file:///abs/path)"),
     ],
 )
 def test_a_url_that_cannot_be_opened_is_one_line_and_nothing_is_written_locally(

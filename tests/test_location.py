@@ -53,7 +53,11 @@ def test_a_url_is_a_remote_path_with_pathlib_names() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("emb.zarr", Path("emb.zarr")), ("file:///tmp/x.zarr", Path("/tmp/x.zarr"))],
+    [
+        ("emb.zarr", Path("emb.zarr")),
+        ("file:///tmp/x.zarr", Path("/tmp/x.zarr")),
+        ("file://localhost/tmp/x.zarr", Path("/tmp/x.zarr")),
+    ],
 )
 def test_local_paths_and_file_urls_stay_pathlib(text: str, expected: Path) -> None:
     assert as_location(text) == expected and as_location(expected) == expected
@@ -66,6 +70,8 @@ def test_local_paths_and_file_urls_stay_pathlib(text: str, expected: Path) -> No
         ("gs://b/emb.zarr", "gs:// URLs need a package that is not installed; pip install gcsfs"),
         ("s3:/b/emb.zarr", "with one slash (a path library collapsed it); pass it as s3://b/"),
         ("memory://", "names no object"),
+        ("file://../x.zarr", "names an absolute path (file:///abs/path); for a path relative"),
+        ("file://x.zarr", "drop the prefix and pass x.zarr"),
     ],
 )
 def test_urls_that_cannot_be_opened_are_refused_naming_the_fix(text: str, expected: str) -> None:

@@ -128,6 +128,7 @@ def test_a_shard_without_the_columns_is_refused_in_one_line(tmp_path: Path) -> N
         ([1, None], r"shard .*b\.parquet has 1 rows with no label"),
         ([1, -2], r"shard .*b\.parquet has negative labels; labels are 0\.\.C-1"),
         (["cat", "dog"], r"shards a\.parquet and b\.parquet .* labels of different types"),
+        ([1, 2**31 - 1], r"labels up to 2,147,483,647 make 2,147,483,648 classes for 4 rows"),
     ],
 )
 def test_bad_label_columns_are_refused_in_one_line(
@@ -137,6 +138,21 @@ def test_bad_label_columns_are_refused_in_one_line(
     write_shard(tmp_path / "b.parquet", second)
     with pytest.raises(DataError, match=message):
         open_shards(tmp_path)
+
+
+def test_train_refuses_a_huge_shard_label_before_allocating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One label rule for shards and manifests: a label of 2**31 - 1 among a few rows is a
+    one-line error before anything class-sized exists, and no run folder is left behind."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_shard(data / "train-00000-of-00001.parquet", [0, 1, 2**31 - 1, 1])
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", str(data), "--out", str(run), "--epochs", "1"], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "2,147,483,648 classes for 4 rows" in err, err
+    assert not run.exists()
 
 
 def test_integer_labels_are_held_compactly(shards: Path) -> None:
