@@ -70,8 +70,8 @@ _PARAMETERS = (
 def check_factory(factory: str) -> None:
     """Refuse factory parameters FAISS would crash or run out of memory on, before it sees them.
 
-    ``HNSW{M}`` and ``NSG{R}`` need 2..256 links, ``IVF{nlist}`` 1..4,194,304 lists, ``PQ{m}x{bits}``
-    1..16 bits, and every size a positive number. Anything else is FAISS's to judge.
+    ``HNSW{M}`` and ``NSG{R}`` need 2..256 links, ``IVF{nlist}`` 1..4,194,304 lists,
+    ``PQ{m}x{bits}`` 1..16 bits, and every size a positive number. The rest is FAISS's to judge.
 
     Raises:
         ConfigError: naming the parameter, its value, the factory and the range.
@@ -85,9 +85,10 @@ def check_factory(factory: str) -> None:
         for found in re.finditer(pattern, factory):
             value = int(found[1])
             if not low <= value <= high:
-                example = "e.g. HNSW32" if name.startswith("HNSW") else "e.g. HNSW32 or IVF1024,SQ8"
+                example = "HNSW32" if name.startswith("HNSW") else "HNSW32 or IVF1024,SQ8"
                 raise ConfigError(
-                    f"{name} of {value} in {factory!r} is out of range; use {low}..{high}, {example}"
+                    f"{name} of {value} in {factory!r} is out of range; use {low}..{high}, "
+                    f"e.g. {example}"
                 )
 
 
