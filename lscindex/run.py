@@ -94,6 +94,45 @@ def _weights_metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def weights_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from a safetensors header (no tensor is read).
+
+    Raises:
+        RunError: the file is missing or its header is damaged.
+    """
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise RunError(f"weights file {path} does not exist; train or resume the run")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (not iterable)
+    except Exception as exc:  # safetensors' own error on a truncated or crafted header
+        raise RunError(f"{path} is damaged ({str(exc)[:160]}); resume or retrain the run") from None
+
+
+def check_weights_fit(model: torch.nn.Module, path: Path, config_path: Path) -> None:
+    """Refuse weights whose tensor names or shapes differ from what ``model`` (built from
+    ``config_path``) holds: a config edited after training, or weights of another run.
+
+    Raises:
+        RunError: naming the first differing tensor, both shapes and both files.
+    """
+    shapes = weights_shapes(path)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name in sorted(expected.keys() | shapes.keys()):
+        held, wanted = shapes.get(name), expected.get(name)
+        if held != wanted:
+            what = (
+                f"{name} is {held or 'missing'} in {path.name} but {wanted or 'absent'} in the "
+                f"model {config_path.name} describes"
+            )
+            raise RunError(
+                f"weights {path} do not fit {config_path}: {what}; the config or the weights "
+                f"were changed after training: restore both from the same run, or retrain"
+            )
+
+
 def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a safetensors file onto the CPU (no unpickling)."""
     from safetensors.torch import load_file
@@ -518,13 +557,8 @@ def open_run(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Run:
             )
         system = VectorSystem.from_dict(model_config.system, table=table)
     model = create_model(model_config)
-    weights = load_weights(run_dir / WEIGHTS)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise RunError(
-            f"weights of {run_dir} do not fit its config (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); the run is damaged, retrain it"
-        )
+    check_weights_fit(model, run_dir / WEIGHTS, run_dir / CONFIG)
+    model.load_state_dict(load_weights(run_dir / WEIGHTS))
     model.eval().to(target)
     names, keys = _load_class_names(run_dir, model_config.n_classes)
     transform = create_eval_transform(eval_data_config(config))

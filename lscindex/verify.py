@@ -397,7 +397,7 @@ def verify_run(path: str | os.PathLike[str]) -> VerifyReport:
     model = report._run("config", lambda: _run_config(path))
     if model is not None:
         report._run("classes", lambda: _classes(path, model.n_classes))
-    metadata = report._run("weights", lambda: _weights(path))
+    metadata = report._run("weights", lambda: _weights(path, model))
     if model is not None and metadata is not None:
         report._run("assignment", lambda: _assignment(path, model, metadata))
     return report
@@ -443,10 +443,14 @@ def _classes(path: Path, n_classes: int) -> tuple[bool, str]:
     return True, f"{n_classes:,} class names"
 
 
-def _weights(path: Path) -> tuple[dict[str, str], str]:
+def _weights(path: Path, model: Any) -> tuple[dict[str, str], str]:
+    """The header parses and covers the file; with a valid ``model`` config, every tensor has
+    the name and shape that config's model holds (built on the meta device: nothing allocated)."""
+    import torch
     from safetensors import safe_open
 
-    from lscindex.run import WEIGHTS
+    from lscindex.model import create_model
+    from lscindex.run import CONFIG, WEIGHTS, check_weights_fit
 
     file = path / WEIGHTS
     if not file.is_file():
@@ -458,8 +462,13 @@ def _weights(path: Path) -> tuple[dict[str, str], str]:
         raise RunError(f"{file} is damaged ({str(exc)[:160]}); resume or retrain the run") from None
     if not names:
         raise RunError(f"{file} holds no tensors; resume or retrain the run")
+    fits = ""
+    if model is not None:
+        with torch.device("meta"):
+            check_weights_fit(create_model(model), file, path / CONFIG)
+        fits = ", shapes fit the config"
     step = metadata.get("global_step", "?")
-    return metadata, f"{len(names)} tensors, header intact (step {step})"
+    return metadata, f"{len(names)} tensors, header intact{fits} (step {step})"
 
 
 def _assignment(path: Path, model: Any, metadata: dict[str, str]) -> tuple[bool, str]:

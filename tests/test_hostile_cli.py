@@ -207,6 +207,32 @@ def test_resume_into_a_crafted_run_is_one_line(
 # -- user strings are never markup ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["query", "embed", "serve"])
+def test_a_config_edited_to_another_dim_is_one_line_naming_both_files(
+    command: str,
+    tiny_run: Path,
+    hostile_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["system"]["dim"] += 3
+    (run / "config.json").write_text(json.dumps(config))
+    before = snapshot(run)
+    args = {
+        "query": ["query", query_image(hostile_data), "--run", str(run)],
+        "embed": ["embed", str(hostile_data), "--run", str(run), "--out", str(tmp_path / "e.zarr")],
+        "serve": ["serve", "--run", str(run), "--port", "0"],
+    }[command]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(
+        code, err, "model.safetensors do not fit", "config.json", before=before, roots=(run,)
+    )
+    assert not (tmp_path / "e.zarr").exists()
+
+
 def test_a_markup_query_path_that_does_not_exist(
     tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

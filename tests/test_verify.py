@@ -398,6 +398,14 @@ def _swap_table_entries(run: Path) -> None:
     save_file({"table": table}, str(run / "assignment.safetensors"))
 
 
+def _edit_model_config(run: Path, **changes: object) -> None:
+    """Change keys of config.json's model (``dim`` goes into its system)."""
+    config = json.loads((run / "config.json").read_text())
+    for key, value in changes.items():
+        (config["model"]["system"] if key == "dim" else config["model"])[key] = value
+    (run / "config.json").write_text(json.dumps(config))
+
+
 RUN_DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "assignment table altered": (
         _swap_table_entries,
@@ -408,6 +416,16 @@ RUN_DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
         lambda p: os.truncate(p / "model.safetensors", 2000),
         "weights",
         "model.safetensors is damaged",
+    ),
+    "config names another dim": (
+        lambda p: _edit_model_config(p, dim=40),
+        "weights",
+        "but (40,) in the model config.json describes",
+    ),
+    "config names another backbone": (
+        lambda p: _edit_model_config(p, backbone="test_vit"),
+        "weights",
+        "do not fit",
     ),
     "config not JSON": (
         lambda p: (p / "config.json").write_text("{"),
