@@ -35,6 +35,7 @@ from lscindex.errors import ConfigError, DataError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MANIFEST_SUFFIXES",
+    "MAX_ASPECT_RATIO",
     "MIN_IMAGE_SIDE",
     "DatasetSplits",
     "ImageDataset",
@@ -53,6 +54,9 @@ IMAGE_EXTENSIONS = frozenset(
 MANIFEST_SUFFIXES = (".parquet", ".csv")
 # Integer labels may skip ids, but not so many that most classes would have no images.
 MIN_IMAGE_SIDE = 4
+# Long side over short side: beyond it, resizing the short side to the model's size blows the
+# long side up (a 4 x 5,000,000 px PNG of 19 KB would become a 3 GB tensor).
+MAX_ASPECT_RATIO = 100
 
 
 @dataclass(frozen=True)
@@ -414,8 +418,9 @@ def read_image(path: str | os.PathLike[str]) -> Any:
 
     The one image reader of lscindex (training, embedding and queries). Rejects: missing or
     non-regular files (FIFOs would block), empty files, undecodable or truncated data, images
-    with a side under ``MIN_IMAGE_SIDE`` (4) px, and images over Pillow's pixel limit
-    (``PIL.Image.MAX_IMAGE_PIXELS``). Grayscale, palette and alpha images are converted to RGB.
+    with a side under ``MIN_IMAGE_SIDE`` (4) px or sides more than ``MAX_ASPECT_RATIO`` (100)
+    to one, and images over Pillow's pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``); all before
+    the pixels are decoded. Grayscale, palette and alpha images are converted to RGB.
 
     Example:
         >>> read_image("data/glyphs/val/0041/000.png").mode   # doctest: +SKIP
@@ -461,6 +466,11 @@ def _decode_image(source: str | IO[bytes], name: str) -> Any:
                     raise DataError(
                         f"{name} is {img.size[0]}x{img.size[1]} px, below the "
                         f"{MIN_IMAGE_SIDE} px minimum side"
+                    )
+                if max(img.size) > MAX_ASPECT_RATIO * min(img.size):
+                    raise DataError(
+                        f"{name} is {img.size[0]}x{img.size[1]} px, sides more than "
+                        f"{MAX_ASPECT_RATIO}:1; crop or pad it to a squarer shape"
                     )
                 img.load()
                 return img.convert("RGB")

@@ -233,6 +233,21 @@ def test_a_config_edited_to_another_dim_is_one_line_naming_both_files(
     assert not (tmp_path / "e.zarr").exists()
 
 
+def test_an_image_of_extreme_aspect_is_refused_before_resizing(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"  # 4 x 5,000,000 px: resized to 32 px high, 1.3 GB of floats
+    Image.new("L", (5_000_000, 4)).save(strip)
+    before = snapshot(tiny_run)
+    code, _, err = run_cli(["query", str(strip), "--run", str(tiny_run)], capsys)
+    assert_one_line_error(
+        code, err, str(strip), "5000000x4 px, sides more than 100:1", before=before,
+        roots=(tiny_run,),
+    )  # fmt: skip
+
+
 def test_a_markup_query_path_that_does_not_exist(
     tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

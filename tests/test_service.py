@@ -313,6 +313,8 @@ def _bad_requests(image: Path, tmp_path: Path) -> list[tuple[str, Any, int, str]
     from PIL import Image
 
     Image.new("RGB", (2, 2)).save(tiny)
+    strip = tmp_path / "strip.png"  # 19 KB of PNG that resizing would make gigabytes
+    Image.new("L", (4, 100_000)).save(strip)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     text = tmp_path / "notes.txt"
@@ -334,6 +336,8 @@ def _bad_requests(image: Path, tmp_path: Path) -> list[tuple[str, Any, int, str]
          f"{empty} is empty (0 bytes)"),
         ("too small", lambda u: _post(f"{u}/search", files=upload(tiny)), 422,
          "is 2x2 px, below the 4 px minimum side"),
+        ("too long", lambda u: _post(f"{u}/classify", files=upload(strip)), 422,
+         "is 4x100000 px, sides more than 100:1; crop or pad it"),
         ("no file", lambda u: _post(f"{u}/search", data={"k": "3"}), 422, "no image uploaded"),
         ("no body", lambda u: _post(f"{u}/classify"), 422, "no image uploaded"),
         ("text, not a file", lambda u: _post(f"{u}/search", data={"image": str(image)}), 422,
