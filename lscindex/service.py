@@ -20,7 +20,8 @@ path as the file name gets the document ``lscindex query PATH --json`` prints. U
 Status codes: 200 with the document when at least one image was read (the others are error
 entries, as in ``query --json``); every refusal is ``{"error": "<one line: the value and the
 fix>"}``: 400 a body that is not multipart, 404/405 an unknown endpoint or method, 409 ``/search``
-on a server without a store, 413 too many images or too large an upload, 422 a bad ``k``, no
+on a server without a store, 413 too many images, too large an upload or too many pixels,
+503 more decoded pixels than the server holds at once (with ``Retry-After``), 422 a bad ``k``, no
 ``image`` field, an unknown field or parameter, or no upload readable as an image; 500 a bug (the
 traceback goes to the server log, never into the answer).
 
@@ -37,10 +38,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +64,7 @@ from lscindex.data import read_image_bytes
 from lscindex.errors import DataError, InputError, LscIndexError
 from lscindex.retrieval import DEFAULT_BATCH_SIZE, QueryResult, Retriever
 from lscindex.schema import document, query_document, to_json
+from lscindex.shards import give_back_freed_memory
 
 __all__ = ["DEFAULT_K", "ENDPOINTS", "create_app"]
 
@@ -69,23 +73,31 @@ ENDPOINTS = ("GET /health", "GET /info", "POST /classify", "POST /search")
 _MIB = 1024 * 1024
 _FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and the k field, beyond the images
 _FIELDS = ("image", "k")
+RETRY_AFTER_S = 1
+_TRIM_PIXELS = 4_000_000  # past this a request's images were large enough to trim the heap
 _SUMMARY = "Classify and search images with a trained run, its store and index."
 
 
 class _RequestError(InputError):
     """A request refused with ``status_code`` and a one-line message."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(
+        self, status_code: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.headers = dict(headers or {})
 
 
 @dataclass(frozen=True)
 class _Limits:
-    """What one request may hold: ``max_batch`` images of at most ``upload_bytes`` each."""
+    """What one request may hold: ``max_batch`` images of at most ``upload_bytes`` each,
+    ``max_request_mpx`` million pixels once decoded; ``max_inflight_mpx`` for all at once."""
 
     max_upload_mb: float
     max_batch: int
+    max_request_mpx: float = 100.0
+    max_inflight_mpx: float = 200.0
 
     @property
     def upload_bytes(self) -> int:
@@ -96,7 +108,14 @@ class _Limits:
         return self.max_batch * self.upload_bytes + _FORM_OVERHEAD_BYTES
 
 
-def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: int = 16) -> FastAPI:
+def create_app(
+    retriever: Retriever,
+    *,
+    max_upload_mb: float = 8.0,
+    max_batch: int = 16,
+    max_request_mpx: float = 100.0,
+    max_inflight_mpx: float = 200.0,
+) -> FastAPI:
     """A FastAPI app answering ``/health``, ``/info``, ``/classify`` and ``/search`` with
     ``retriever`` (see the module docstring for the endpoints and status codes).
 
@@ -104,6 +123,11 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: i
         retriever: an opened retriever; ``/search`` needs its store.
         max_upload_mb: the largest image upload, in MiB (2**20 bytes); larger ones get 413.
         max_batch: the most images in one request; more get 413.
+        max_request_mpx: the most pixels (millions) one request's images may decode to, read
+            from their headers before any is decoded; more get 413.
+        max_inflight_mpx: the most pixels (millions) all requests being answered may hold;
+            a request that would pass it gets 503 with ``Retry-After`` (at least one request
+            is always answered). Together they bound the memory decoded uploads take.
 
     Raises:
         InputError: a limit that is not a positive number (``max_batch``: integer).
@@ -111,7 +135,8 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: i
     Example:
         >>> app = create_app(Retriever.open("runs/glyphs", store="emb.zarr"))  # doctest: +SKIP
     """
-    limits = _checked_limits(max_upload_mb, max_batch)
+    limits = _checked_limits(max_upload_mb, max_batch, max_request_mpx, max_inflight_mpx)
+    budget = _PixelBudget(int(limits.max_inflight_mpx * 1e6))
     lock = threading.Lock()  # one forward pass at a time: answers independent of concurrency
     classes_only = retriever
     # The retriever `query --no-store` opens; a plain timm encoder's classes come from its store.
@@ -120,6 +145,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: i
         classes_only = Retriever(retriever.run, chosen=chosen)
     info = _info_document(retriever, limits)
     app = FastAPI(title="lscindex", version=__version__, summary=_SUMMARY)
+    app.state.pixel_budget = budget  # the decoded pixels being answered, for monitoring
     _add_error_handlers(app)
 
     @app.get("/health")
@@ -135,7 +161,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: i
     @app.post("/classify", openapi_extra=_upload_openapi())
     async def classify(request: Request) -> Response:
         """Top-k classes of each uploaded image: the document of ``query --json --no-store``."""
-        return await _answer(request, classes_only, limits, lock)
+        return await _answer(request, classes_only, limits, (lock, budget))
 
     @app.post("/search", openapi_extra=_upload_openapi())
     async def search(request: Request) -> Response:
@@ -146,29 +172,37 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 8.0, max_batch: i
                 f"this server searches no store ({retriever.chosen['store']}); POST /classify "
                 f"for classes only, or restart lscindex serve with --store STORE",
             )
-        return await _answer(request, retriever, limits, lock)
+        return await _answer(request, retriever, limits, (lock, budget))
 
     return app
 
 
-def _checked_limits(max_upload_mb: float, max_batch: int) -> _Limits:
+def _checked_limits(
+    max_upload_mb: float, max_batch: int, max_request_mpx: float, max_inflight_mpx: float
+) -> _Limits:
     """The limits of :func:`create_app`, refused (InputError) unless positive numbers."""
-    if (
-        isinstance(max_upload_mb, bool)
-        or not isinstance(max_upload_mb, int | float)
-        or not math.isfinite(max_upload_mb)
-        or max_upload_mb * _MIB < 1
+    for name, value, unit, floor in (
+        ("max_upload_mb", max_upload_mb, "MiB", 1 / _MIB),
+        ("max_request_mpx", max_request_mpx, "million pixels", 1e-6),
+        ("max_inflight_mpx", max_inflight_mpx, "million pixels", 1e-6),
     ):
-        raise InputError(
-            f"max_upload_mb must be a positive number of MiB, got {max_upload_mb!r}; "
-            f"pass e.g. 8 (--max-upload-mb 8)"
-        )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < floor
+        ):
+            default = inspect.signature(create_app).parameters[name].default
+            raise InputError(
+                f"{name} must be a positive number of {unit}, got {value!r}; pass e.g. "
+                f"{default:g} (--{name.replace('_', '-')} {default:g})"
+            )
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise InputError(
             f"max_batch must be a positive integer, got {max_batch!r}; pass e.g. 16 "
             f"(--max-batch 16)"
         )
-    return _Limits(float(max_upload_mb), max_batch)
+    return _Limits(float(max_upload_mb), max_batch, float(max_request_mpx), float(max_inflight_mpx))
 
 
 def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
@@ -184,13 +218,18 @@ def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
         limits={
             "max_upload_mb": limits.max_upload_mb,
             "max_batch": limits.max_batch,
+            "max_request_mpx": limits.max_request_mpx,
+            "max_inflight_mpx": limits.max_inflight_mpx,
             "default_k": DEFAULT_K,
         },
     )
 
 
 async def _answer(
-    request: Request, retriever: Retriever, limits: _Limits, lock: threading.Lock
+    request: Request,
+    retriever: Retriever,
+    limits: _Limits,
+    guards: tuple[threading.Lock, _PixelBudget],
 ) -> Response:
     """Read the uploads and ``k`` of ``request`` and answer them with ``retriever``."""
     unknown = [key for key in request.query_params if key != "k"]
@@ -204,7 +243,9 @@ async def _answer(
         uploads = await _uploads(form, limits)
     finally:
         await form.close()  # the spooled upload files
-    results = await run_in_threadpool(_query, retriever, uploads, k, lock)
+    lock, budget = guards
+    with budget.hold(_request_pixels(uploads, limits)):
+        results = await run_in_threadpool(_query, retriever, uploads, k, lock)
     failed = [r for r in results if r.error is not None]
     if len(failed) == len(results):
         first = str(failed[0].error)
@@ -298,6 +339,54 @@ def _too_large(what: str, max_bytes: int) -> _RequestError:
     )
 
 
+class _PixelBudget:
+    """Decoded pixels the requests being answered hold, at most ``limit``: a request that would
+    pass it is refused at once (503, ``Retry-After``) instead of queueing without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._lock:
+            if self.held and self.held + pixels > self.limit:
+                raise _RequestError(
+                    503,
+                    f"the server is decoding {self.held / 1e6:.1f} million pixels of other "
+                    f"requests, its limit is {self.limit / 1e6:g} million (--max-inflight-mpx); "
+                    f"retry in {RETRY_AFTER_S} s",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self.held += pixels
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held -= pixels
+            if pixels >= _TRIM_PIXELS:  # decoded images freed: hand their pages back
+                give_back_freed_memory()
+
+
+def _request_pixels(uploads: Sequence[tuple[str, bytes]], limits: _Limits) -> int:
+    """Pixels the uploads decode to, from their headers (no pixel is decoded); 413 past
+    ``max_request_mpx``. Unreadable headers count 0: the decoder names what is wrong."""
+    from PIL import Image
+
+    total = 0
+    for _, data in uploads:
+        with suppress(Exception), Image.open(io.BytesIO(data)) as img:
+            total += img.size[0] * img.size[1]
+    if total > limits.max_request_mpx * 1e6:
+        raise _RequestError(
+            413,
+            f"the {len(uploads)} images of this request decode to {total / 1e6:.1f} million "
+            f"pixels, over this server's limit of {limits.max_request_mpx:g} million per request "
+            f"(--max-request-mpx); send fewer or smaller images",
+        )
+    return total
+
+
 def _too_many(limits: _Limits) -> _RequestError:
     """413: more images than ``max_batch``."""
     return _RequestError(
@@ -363,7 +452,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LscIndexError)
     async def refused(request: Request, exc: LscIndexError) -> Response:
-        return _error(getattr(exc, "status_code", 422), str(exc))
+        return _error(getattr(exc, "status_code", 422), str(exc), getattr(exc, "headers", None))
 
     @app.exception_handler(HTTPException)
     async def no_route(request: Request, exc: HTTPException) -> Response:

@@ -30,7 +30,7 @@ DOC = ROOT / "docs" / "store.md"
 DOC_URL = "http://127.0.0.1:8000"
 DOC_IMAGE = "data/glyphs/val/U+00004E/DejaVuSansMono.png"
 # Test-only limits, small enough to reach cheaply (the documented command runs with them added).
-MAX_BATCH, MAX_UPLOAD_MB = 4, 0.05
+MAX_BATCH, MAX_UPLOAD_MB, MAX_REQUEST_MPX = 4, 0.05, 0.02
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
@@ -102,6 +102,7 @@ def server(
     args = [paths.get(word, word) for word in shlex.split(serve_line)[2:]]
     args += ["--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
     args += ["--max-batch", str(MAX_BATCH), "--max-upload-mb", str(MAX_UPLOAD_MB)]
+    args += ["--max-request-mpx", str(MAX_REQUEST_MPX)]
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -165,6 +166,8 @@ def test_health_and_info_name_what_answers(
     assert info["limits"] == {
         "max_upload_mb": MAX_UPLOAD_MB,
         "max_batch": MAX_BATCH,
+        "max_request_mpx": MAX_REQUEST_MPX,
+        "max_inflight_mpx": 200.0,
         "default_k": 5,
     }
     assert_same_shape(info, documented_json(DOC, "info"))
@@ -313,8 +316,10 @@ def _bad_requests(image: Path, tmp_path: Path) -> list[tuple[str, Any, int, str]
     from PIL import Image
 
     Image.new("RGB", (2, 2)).save(tiny)
-    strip = tmp_path / "strip.png"  # 19 KB of PNG that resizing would make gigabytes
-    Image.new("L", (4, 100_000)).save(strip)
+    strip = tmp_path / "strip.png"  # at 4 x 5,000,000 px, resizing would make gigabytes
+    Image.new("L", (4, 2_000)).save(strip)
+    wide = tmp_path / "wide.png"  # 30,000 px: over the request's 20,000 before it is decoded
+    Image.new("L", (200, 150)).save(wide)
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     text = tmp_path / "notes.txt"
@@ -337,7 +342,9 @@ def _bad_requests(image: Path, tmp_path: Path) -> list[tuple[str, Any, int, str]
         ("too small", lambda u: _post(f"{u}/search", files=upload(tiny)), 422,
          "is 2x2 px, below the 4 px minimum side"),
         ("too long", lambda u: _post(f"{u}/classify", files=upload(strip)), 422,
-         "is 4x100000 px, sides more than 100:1; crop or pad it"),
+         "is 4x2000 px, sides more than 100:1; crop or pad it"),
+        ("too many pixels", lambda u: _post(f"{u}/classify", files=upload(wide)), 413,
+         "decode to 0.0 million pixels, over this server's limit of 0.02 million per request"),
         ("no file", lambda u: _post(f"{u}/search", data={"k": "3"}), 422, "no image uploaded"),
         ("no body", lambda u: _post(f"{u}/classify"), 422, "no image uploaded"),
         ("text, not a file", lambda u: _post(f"{u}/search", data={"image": str(image)}), 422,
@@ -442,6 +449,8 @@ def test_an_unexpected_error_is_a_one_line_500(
         ({"max_batch": True}, "max_batch must be a positive integer, got True"),
         ({"max_upload_mb": 0}, "max_upload_mb must be a positive number of MiB, got 0"),
         ({"max_upload_mb": float("nan")}, "max_upload_mb must be a positive number of MiB"),
+        ({"max_request_mpx": 0}, "max_request_mpx must be a positive number of million pixels"),
+        ({"max_inflight_mpx": "9"}, "max_inflight_mpx must be a positive number of million"),
     ],
 )
 def test_create_app_refuses_limits_that_are_not_positive(
@@ -486,6 +495,30 @@ def test_serve_help_states_the_library_defaults(
     assert code == 0
     assert f"in MiB (default {default_of(create_app, 'max_upload_mb'):g})" in text
     assert f"one request (default {default_of(create_app, 'max_batch')})" in text
+    assert f"in millions (default {default_of(create_app, 'max_request_mpx'):g})" in text
+    assert f"Retry-After (default {default_of(create_app, 'max_inflight_mpx'):g})" in text
+
+
+def test_decoded_pixels_past_the_servers_budget_get_503_with_retry_after(
+    run_dir: Path, val_images: list[Path]
+) -> None:
+    """Requests hold their images' pixels while answered; one that would pass the budget is
+    refused at once (no queue), and the budget is whole again after each answer."""
+    from fastapi.testclient import TestClient
+
+    from lscindex.service import create_app
+
+    app = create_app(Retriever.open(run_dir, store=False, device="cpu"), max_inflight_mpx=0.003)
+    budget = app.state.pixel_budget
+    with TestClient(app) as client:
+        assert client.post("/classify", files=upload(val_images[0])).status_code == 200
+        with budget.hold(2_000):  # another request's 2,000 px: 32 x 32 more would pass 3,000
+            refused = client.post("/classify", files=upload(val_images[0]))
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "decoding 0.0 million pixels of other requests" in refused.json()["error"]
+        assert "(--max-inflight-mpx); retry in 1 s" in refused.json()["error"]
+        assert budget.held == 0
+        assert client.post("/classify", files=upload(*val_images[:2])).status_code == 200
 
 
 def test_neither_the_library_nor_the_cli_imports_fastapi_until_serve_runs() -> None:

@@ -43,6 +43,17 @@ def serve(
     max_batch: Annotated[
         int | None, typer.Option(min=1, help="Most images in one request (default 16).")
     ] = None,
+    max_request_mpx: Annotated[
+        float | None,
+        typer.Option(help="Most pixels one request's images decode to, in millions (default 100)."),
+    ] = None,
+    max_inflight_mpx: Annotated[
+        float | None,
+        typer.Option(
+            help="Most decoded pixels of all requests at once, in millions; past it 503 "
+            "with Retry-After (default 200)."
+        ),
+    ] = None,
 ) -> None:
     """Answer POST /classify and /search over HTTP with the query --json document.
 
@@ -62,7 +73,12 @@ def serve(
             run, store=False if no_store else store, index=index_path, device=device
         )
         print_choice(retriever)
-        limits: dict[str, Any] = {"max_upload_mb": max_upload_mb, "max_batch": max_batch}
+        limits: dict[str, Any] = {
+            "max_upload_mb": max_upload_mb,
+            "max_batch": max_batch,
+            "max_request_mpx": max_request_mpx,
+            "max_inflight_mpx": max_inflight_mpx,
+        }
         app = create_app(retriever, **{k: v for k, v in limits.items() if v is not None})
         bound = int(sock.getsockname()[1])
         address = f"[{host}]" if ":" in host else host
