@@ -15,6 +15,7 @@ from lscindex.errors import (
     DataError,
     InputError,
     LscIndexError,
+    Preempted,
     RunError,
     StoreError,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "InputError",
     "LscIndexError",
     "Neighbor",
+    "Preempted",
     "QueryResult",
     "Retriever",
     "Run",

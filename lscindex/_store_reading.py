@@ -33,13 +33,16 @@ from lscindex.store import (
 )
 
 __all__ = [
+    "CHECKSUMMED_CODECS",
     "check_metadata",
+    "check_zarr_codecs",
     "checked_header",
     "checked_history",
     "chunk_file_problems",
     "chunk_key",
     "chunk_nbytes",
     "chunk_sizes",
+    "codec_names",
     "metadata_schema_problem",
     "missing_parts",
     "ok_rows",
@@ -91,7 +94,7 @@ def checked_header(raw: Any, path: Location) -> StoreHeader:
         )
 
     missing = [k for k in _HEADER_TYPES if k not in raw]
-    unknown = sorted(set(raw) - set(_HEADER_TYPES) - {"history", "encoder"})
+    unknown = sorted(set(raw) - set(_HEADER_TYPES) - {"history", "encoder", "checksums"})
     if missing or unknown:
         what = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
         what += [f"has unknown key(s) {', '.join(map(repr, unknown))}"] if unknown else []
@@ -120,6 +123,8 @@ def checked_header(raw: Any, path: Location) -> StoreHeader:
     encoder = raw.get("encoder")
     if encoder is not None and not isinstance(encoder, dict):
         raise damaged(f"encoder is {encoder!r:.100}, expected an object or null")
+    if not isinstance(raw.get("checksums", False), bool):
+        raise damaged(f"checksums is {raw['checksums']!r:.100}, expected true or false")
     return StoreHeader(**{**raw, "history": history, "encoder": encoder})
 
 
@@ -248,15 +253,44 @@ def zarr_embeddings(path: Location, header: StoreHeader) -> Any:
             f"dtype {layout[2]} but its attributes say shape {expected[0]}, chunks "
             f"{expected[1]}, dtype {expected[2]}; {hint}"
         )
-    # Uncompressed chunks have a known size: what lets a missing or cut file be seen by stat.
-    codecs = getattr(array.metadata, "codecs", ())
-    names = [codec.to_dict().get("name") if hasattr(codec, "to_dict") else None for codec in codecs]
-    if names != ["bytes"]:
-        raise StoreError(
-            f"store {path}: its embeddings array has codecs {names}, expected ['bytes'] (no "
-            f"compression); {hint}"
-        )
+    check_zarr_codecs(array, path, hint)
     return array
+
+
+# The codecs of the embeddings array: uncompressed bytes (so a missing or cut chunk file is
+# seen by its size), then a crc32c of each chunk (stores written since checksums; older ones
+# have none and stay readable).
+CHECKSUMMED_CODECS = ["bytes", "crc32c"]
+_CODECS = (CHECKSUMMED_CODECS, ["bytes"])
+CHECKSUM_BYTES = 4
+
+
+def check_zarr_codecs(array: Any, path: Location, hint: str) -> None:
+    """Refuse an embeddings array lscindex did not write: other codecs (compression, whose
+    chunk sizes are unknown) or another chunk-key encoding (a crafted separator could make
+    chunk keys point outside the store).
+
+    Raises:
+        StoreError: naming what the array has, what is expected, and ``hint``.
+    """
+    names = codec_names(array)
+    if names not in _CODECS:
+        raise StoreError(
+            f"store {path}: its embeddings array has codecs {names}, expected ['bytes', "
+            f"'crc32c'] or ['bytes'] (no compression); {hint}"
+        )
+    encoding = array.metadata.chunk_key_encoding.to_dict()
+    if encoding != {"name": "default", "configuration": {"separator": "/"}}:
+        raise StoreError(
+            f"store {path}: its embeddings array has chunk key encoding {encoding}, expected "
+            f"the default with separator '/'; {hint}"
+        )
+
+
+def codec_names(array: Any) -> list[str | None]:
+    """The names of the codecs of a zarr v3 array, in order (``["bytes", "crc32c"]``)."""
+    codecs = getattr(array.metadata, "codecs", ())
+    return [codec.to_dict().get("name") if hasattr(codec, "to_dict") else None for codec in codecs]
 
 
 def chunk_key(array: Any, chunk: int) -> str:
@@ -280,9 +314,11 @@ def chunk_sizes(path: Location, array: Any, header: StoreHeader) -> list[int | N
     return sizes
 
 
-def chunk_nbytes(header: StoreHeader) -> int:
-    """The size of every chunk file: chunks are stored uncompressed, the last one at full size."""
-    return header.chunk_rows * header.dim * np.dtype(header.dtype).itemsize
+def chunk_nbytes(header: StoreHeader, array: Any) -> int:
+    """The size of every chunk file: chunks are stored uncompressed, the last one at full size,
+    followed by their 4-byte crc32c where the array has one."""
+    checksum = CHECKSUM_BYTES if codec_names(array) == CHECKSUMMED_CODECS else 0
+    return header.chunk_rows * header.dim * np.dtype(header.dtype).itemsize + checksum
 
 
 def chunk_file_problems(
@@ -295,7 +331,7 @@ def chunk_file_problems(
     file; any other chunk may not, or its embedded rows would read as NaN. Costs one ``stat``
     per chunk (one listing for a remote store).
     """
-    nbytes = chunk_nbytes(header)
+    nbytes = chunk_nbytes(header, array)
     problems = []
     for chunk, size in enumerate(chunk_sizes(path, array, header)):
         start, stop = header.chunk_range(chunk)
@@ -359,7 +395,7 @@ def _read_parquet_store(
     source: Any, path: Location, header: StoreHeader, hint: str, expected: pa.DataType
 ) -> tuple[np.ndarray, pa.Table]:
     try:
-        file = pq.ParquetFile(source)
+        file = pq.ParquetFile(source, page_checksum_verification=True)
         n_rows = file.metadata.num_rows
         schema = file.schema_arrow
     except Exception as exc:
@@ -374,12 +410,32 @@ def _read_parquet_store(
     try:
         table = file.read()
     except Exception as exc:
+        if "checksum" in str(exc):
+            raise StoreError(damaged_row_group(file, path)) from None
         raise StoreError(f"store {path} is unreadable ({_one_line(exc)}); {hint}") from None
     column = table.column("embedding")
     if column.null_count:
         raise StoreError(f"store {path} has {column.null_count:,} rows with no embedding; {hint}")
     flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(header.count, header.dim), table.drop_columns(["embedding"])
+
+
+def damaged_row_group(file: Any, path: Location) -> str:
+    """One line naming the first row group of a parquet ``file`` (opened with page checksum
+    verification) whose pages fail their checksum, by store rows."""
+    start = 0
+    for group in range(file.num_row_groups):
+        rows = file.metadata.row_group(group).num_rows
+        try:
+            file.read_row_group(group)
+        except OSError:
+            return (
+                f"store {path}: rows {start}..{start + rows - 1} (row group {group}) fail their "
+                f"page checksum: the file was changed after it was written; run lscindex verify "
+                f"{path} to list the damage, then embed again with --overwrite"
+            )
+        start += rows
+    return f"store {path}: a page fails its checksum; run lscindex verify {path}"
 
 
 def check_metadata(metadata: pa.Table, path: Location, header: StoreHeader) -> None:

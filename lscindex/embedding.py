@@ -29,10 +29,11 @@ from lscindex._append import AppendedRows, append_header, check_resumed, new_ite
 from lscindex._distributed import Ranks, process_group, ranks, select_device
 from lscindex._io import LOCK_SUFFIX, swap_dir
 from lscindex._location import Location, RemotePath, as_location, location_lock
+from lscindex._preemption import StopRequest, ignore_stop_signals, stop_requests
 from lscindex.data import (
     read_image,
 )
-from lscindex.errors import DataError, StoreError
+from lscindex.errors import DataError, Preempted, StoreError
 from lscindex.features import FeatureSpec, open_features
 from lscindex.inputs import EmbedItem, resolve_inputs
 from lscindex.model import encode, top_classes
@@ -189,7 +190,9 @@ def build_store(
     Raises:
         DataError: missing inputs. StoreError: ``out`` holds a store of another run or other
         inputs, holds something that is not a store, overlaps the inputs, or another process
-        is writing it. RunError: bad run directory.
+        is writing it. RunError: bad run directory. Preempted: SIGTERM or SIGUSR1 came (a
+        scheduler's warning); the chunk in flight was finished and written, and the same call
+        writes the rest.
 
     Example:
         >>> build_store("runs/glyphs", ["data/glyphs/val"], "emb.zarr")  # doctest: +SKIP
@@ -206,14 +209,20 @@ def build_store(
     # The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
     # Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
     # refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
-    with process_group(opened.device, backend="gloo"), _rank0_lock(final, here):
+    with (
+        process_group(opened.device, backend="gloo"),
+        _rank0_lock(final, here),
+        stop_requests() as stop,
+    ):
         items = resolve_inputs(inputs, opened.class_keys, opened.class_names, split=split)
         existing = _existing_store(final) if append else None
         if existing is not None:
-            return _append(opened, final, items, existing, batch_size, workers, progress, started)
+            return _append(
+                opened, final, items, existing, batch_size, workers, progress, started, stop
+            )
         planned = _plan_header(opened, items, dtype=dtype, chunk_rows=chunk_rows)
         return _embed(
-            opened, final, items, planned, overwrite, batch_size, workers, progress, started
+            opened, final, items, planned, overwrite, batch_size, workers, progress, started, stop
         )
 
 
@@ -227,6 +236,7 @@ def _embed(
     workers: int,
     progress: Callable[[int, int, float], None] | None,
     started: float,
+    stop: StopRequest,
 ) -> EmbedReport:
     """Write (or resume, or overwrite) the store of ``items`` at ``final``; see build_store."""
     here = ranks()
@@ -245,7 +255,7 @@ def _embed(
         return EmbedReport(final, writer.header, 0, 0, not swapped, time.perf_counter() - started)
     mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
     batches = _plan_batches(writer.header, mine, batch_size)
-    done, errors = _write_rows(run, items, writer, batches, workers, progress)
+    done, errors = _write_rows(run, items, writer, batches, workers, progress, stop=stop)
     header = _publish(run, writer, final, here)
     return EmbedReport(final, header, done, errors, False, time.perf_counter() - started)
 
@@ -268,6 +278,7 @@ def _append(
     workers: int,
     progress: Callable[[int, int, float], None] | None,
     started: float,
+    stop: StopRequest,
 ) -> EmbedReport:
     """Add the items the store at ``final`` lacks as rows after its own (see ``append``)."""
     here = ranks()
@@ -290,7 +301,9 @@ def _append(
     mine = [c for c in writer.pending_chunks() if c % here.world == here.rank]
     batches = _plan_batches(writer.header, mine, batch_size, first_row=first)
     rows = AppendedRows(first, fresh)
-    done, errors = _write_rows(run, rows, writer, batches, workers, progress, first_row=first)
+    done, errors = _write_rows(
+        run, rows, writer, batches, workers, progress, stop=stop, first_row=first
+    )
     header = _publish(run, writer, final, here)
     return EmbedReport(
         final, header, done, errors, False, time.perf_counter() - started, skipped=skipped
@@ -421,6 +434,7 @@ def _plan_header(
         inputs_sha256=_inputs_sha256(items),
         complete=False,
         encoder=run.config.get("features"),
+        checksums=True,
     )
 
 
@@ -469,12 +483,16 @@ def _write_rows(
     workers: int,
     progress: Callable[[int, int, float], None] | None,
     *,
+    stop: StopRequest,
     first_row: int = 0,
 ) -> tuple[int, int]:
     """Embed the planned batches; write each chunk once all its rows from ``first_row`` are in.
 
     Returns:
         (rows computed, rows whose image failed).
+
+    Raises:
+        Preempted: a stop signal came; the chunk being computed was finished and written first.
     """
     c, h, w = run.config["data_config"]["input_size"]
     loader: DataLoader[Any] = DataLoader(
@@ -482,6 +500,7 @@ def _write_rows(
         batch_sampler=batches,
         num_workers=workers,
         pin_memory=run.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,
     )
     header = writer.header
     todo = sum(len(b) for b in batches)
@@ -494,13 +513,27 @@ def _write_rows(
         chunk = int(rows[0]) // header.chunk_rows
         parts = pending.setdefault(chunk, [])
         parts.append(batch)
-        start, stop = header.chunk_range(chunk)
-        if sum(len(p.rows) for p in parts) == stop - max(start, first_row):
+        start, stop_row = header.chunk_range(chunk)
+        if sum(len(p.rows) for p in parts) == stop_row - max(start, first_row):
             _write_chunk(writer, chunk, pending.pop(chunk), items, run.class_names)
+            if stop:
+                raise _preempted(writer, stop)
         done += len(batch.rows)
         if progress is not None:
             progress(done, todo, done / max(time.perf_counter() - tick, 1e-9))
+        if stop and not pending:  # no chunk in flight: stop before beginning the next
+            raise _preempted(writer, stop)
     return done, errors
+
+
+def _preempted(writer: StoreWriter, stop: StopRequest) -> Preempted:
+    left = len(writer.pending_chunks())
+    return Preempted(
+        f"stopped by {stop.name} with {writer.header.n_chunks - left:,} of "
+        f"{writer.header.n_chunks:,} chunks of {writer.path} written; run the same command to "
+        f"write the other {left:,}",
+        signal=stop.name,
+    )
 
 
 def _write_chunk(

@@ -34,3 +34,21 @@ class RunError(LscIndexError, ValueError):
 
 class StoreError(LscIndexError, ValueError):
     """An embedding store or index is missing, unfinished, corrupted or from another run."""
+
+
+class Preempted(Exception):
+    """A job stopped on request (SIGTERM or SIGUSR1, a scheduler's warning before it kills the
+    job) after saving its progress; the same command continues it (``train`` with ``--resume``).
+
+    Not an :class:`LscIndexError`: nothing was wrong. The CLI prints the message and exits
+    with :attr:`exit_status` (75, ``EX_TEMPFAIL``: "try again"), which schedulers may requeue on.
+
+    Attributes:
+        signal: the signal's name (``"SIGTERM"``).
+    """
+
+    exit_status = 75
+
+    def __init__(self, message: str, *, signal: str) -> None:
+        super().__init__(message)
+        self.signal = signal

@@ -153,6 +153,9 @@ class StoreHeader:
     history: tuple[dict[str, Any], ...] = ()
     # A store embedded by a plain timm model (no run): its spec (lscindex.features.FeatureSpec).
     encoder: dict[str, Any] | None = None
+    # Written with a checksum of every chunk (zarr: crc32c codec; parquet: page CRCs). Stores
+    # from before lack the key: False, read as before, and verify says they have none.
+    checksums: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "history": [dict(h) for h in self.history]}
@@ -201,7 +204,10 @@ class StoreWriter:
         if not self.parquet:
             import zarr
 
+            from lscindex._store_reading import check_zarr_codecs
+
             self._array = zarr.open_array(zarr_store(path / "embeddings"), mode="r+")
+            check_zarr_codecs(self._array, path, _reembed_hint(path, header.run))
 
     @property
     def parts_dir(self) -> Location:
@@ -222,6 +228,7 @@ class StoreWriter:
             write_bytes(parts / "header.json", json.dumps(header.to_dict()).encode())
         else:
             import zarr
+            from zarr.codecs import Crc32cCodec
 
             remove_tree(path)
             group = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
@@ -230,7 +237,7 @@ class StoreWriter:
                 shape=(header.count, header.dim),
                 chunks=(header.chunk_rows, header.dim),
                 dtype=header.dtype,
-                compressors=None,
+                compressors=[Crc32cCodec()],  # not compression: a checksum after each chunk
                 fill_value=float("nan"),
                 dimension_names=("row", "dim"),
             )
@@ -313,7 +320,7 @@ class StoreWriter:
         else:
             self._array[start:stop] = data
         buffer = io.BytesIO()
-        pq.write_table(metadata, buffer)
+        pq.write_table(metadata, buffer, write_page_checksum=True)
         write_bytes(self.parts_dir / _part_name(chunk), buffer.getvalue())
 
     def _with_old_rows(
@@ -345,7 +352,7 @@ class StoreWriter:
                 {ATTRS_KEY.encode(): json.dumps(header.to_dict()).encode()}
             )
             buffer = io.BytesIO()
-            pq.write_table(table, buffer)
+            pq.write_table(table, buffer, write_page_checksum=True)
             write_bytes(self.path, buffer.getvalue())
             remove_tree(self.parts_dir)
         else:
@@ -436,8 +443,9 @@ class EmbeddingArray:
         ((23687, 18), dtype('float16'), (2, 18))
     """
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, *, path: Location | None = None) -> None:
         self._source = source  # a zarr array or an (N, dim) numpy array
+        self._path = path  # the store's, for naming a damaged chunk
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -456,13 +464,40 @@ class EmbeddingArray:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, list | np.ndarray):  # row numbers (or a boolean mask over rows)
-            rows = np.asarray(key)
-            rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
-            if hasattr(self._source, "oindex"):
-                return np.asarray(self._source.oindex[rows, :])
-            return np.asarray(self._source[rows])
-        return np.asarray(self._source[key])
+        """Rows as numpy: a slice, an int, row numbers or a boolean mask over rows.
+
+        Raises:
+            StoreError: a chunk read fails its checksum (naming the store, the chunk's rows
+                and ``lscindex verify``); never a silent wrong answer.
+        """
+        try:
+            if isinstance(key, list | np.ndarray):  # row numbers (or a boolean mask over rows)
+                rows = np.asarray(key)
+                rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+                if hasattr(self._source, "oindex"):
+                    return np.asarray(self._source.oindex[rows, :])
+                return np.asarray(self._source[rows])
+            return np.asarray(self._source[key])
+        except ValueError as exc:
+            if "checksum" not in str(exc):
+                raise
+            raise StoreError(self._damaged(key)) from None
+
+    def _damaged(self, key: Any) -> str:
+        """One line naming the first chunk among those ``key`` reads that fails its checksum."""
+        step = int(self._source.chunks[0])
+        rows = np.arange(len(self))[key if isinstance(key, slice | int) else np.asarray(key)]
+        for chunk in np.unique(np.atleast_1d(rows) // step):
+            start, stop = int(chunk) * step, min(int(chunk + 1) * step, len(self))
+            try:
+                self._source[start:stop]
+            except ValueError:
+                return (
+                    f"store {self._path}: chunk {chunk} (rows {start}..{stop - 1}) fails its "
+                    f"checksum: the file was changed after it was written; run lscindex verify "
+                    f"{self._path} to list the damage, then embed again with --overwrite"
+                )
+        return f"store {self._path}: a chunk fails its checksum; run lscindex verify {self._path}"
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.asarray(self[:], dtype=dtype)
@@ -590,7 +625,10 @@ def open_store(path: PathOrUrl) -> EmbeddingStore:
             )
     metadata = metadata.sort_by("row")
     return EmbeddingStore(
-        path=path, header=header, embeddings=EmbeddingArray(embeddings), metadata=metadata
+        path=path,
+        header=header,
+        embeddings=EmbeddingArray(embeddings, path=path),
+        metadata=metadata,
     )
 
 

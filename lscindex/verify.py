@@ -156,7 +156,22 @@ def verify_store(path: PathOrUrl) -> VerifyReport:
     report._run("chunks", chunks)
     if scanned:
         report._run("finite", lambda: _finite(*scanned[0]))
+    report._run("checksums", lambda: _checksums(header, None if parquet else embeddings))
     return report
+
+
+def _checksums(header: Any, array: Any) -> tuple[bool, str]:
+    """Whether the store's chunks carry checksums (the chunks check verified them)."""
+    from lscindex._store_reading import CHECKSUMMED_CODECS, codec_names
+
+    if array is not None and codec_names(array) == CHECKSUMMED_CODECS:
+        return True, "every chunk carries a crc32c, verified on every read"
+    if array is None and header.checksums:
+        return True, "every page carries a CRC, verified on every read"
+    return True, (
+        "none: the store was written before lscindex stored checksums, so a changed byte "
+        "reads as another value; embed again with --overwrite to add them"
+    )
 
 
 def _header(path: Location) -> tuple[Any, str]:
@@ -239,7 +254,8 @@ def _scan(
         try:
             block = np.asarray(embeddings[start:stop], dtype=np.float32)
         except Exception as exc:  # a file of the right size zarr still cannot decode
-            problems.append(f"chunk {chunk} (rows {start}..{stop - 1}) is unreadable ({exc})")
+            what = "fails its checksum" if "checksum" in str(exc) else f"is unreadable ({exc})"
+            problems.append(f"chunk {chunk} (rows {start}..{stop - 1}) {what}")
             continue
         embedded = good[start:stop] if good is not None else np.ones(stop - start, dtype=bool)
         checked += int(embedded.sum())

@@ -254,3 +254,46 @@ def test_sigkill_during_embed_then_resume_is_bit_identical(run_dir: Path, tmp_pa
         np.asarray(a.embeddings[:]).view(np.uint16), np.asarray(b.embeddings[:]).view(np.uint16)
     )
     assert a.metadata.drop_columns([]).to_pylist() == b.metadata.to_pylist()
+
+
+def test_a_stop_signal_finishes_the_chunk_in_flight_and_the_same_call_resumes(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM or SIGUSR1 at random rows (8-10 stops): the chunk being computed is finished and
+    written, Preempted names what is written, and the same call ends on the store an
+    uninterrupted call writes, bit for bit."""
+    from helpers import make_image_folder
+
+    from lscindex.errors import Preempted
+
+    data = make_image_folder(tmp_path / "many", n_classes=6, per_class=40, val=0)  # 15 chunks
+    settings = dict(chunk_rows=16, batch_size=8, workers=0)
+    reference = build_store(run_dir, [data], tmp_path / "ref.zarr", **settings).path
+    out = tmp_path / "stopped.zarr"
+    rng = np.random.default_rng(2)
+    stops = 0
+    while stops < 10:
+        target, signum = int(rng.integers(1, 20)), (signal.SIGTERM, signal.SIGUSR1)[stops % 2]
+
+        def progress(done: int, todo: int, rate: float, target: int = target, signum=signum):  # type: ignore[no-untyped-def]
+            if done >= target and done - 8 < target:  # the batch that passes ``target`` rows
+                os.kill(os.getpid(), signum)
+
+        parts = len(list((out / "metadata").glob("*.parquet"))) if out.exists() else 0
+        try:
+            build_store(run_dir, [data], out, progress=progress, **settings)
+        except Preempted as exc:
+            assert exc.signal == signum.name and "run the same command to write" in str(exc)
+            written = len(list((out / "metadata").glob("*.parquet")))
+            # the chunk in flight is finished and written; no chunk is begun after the signal
+            assert written == parts + -(-target // 16)
+            stops += 1
+        else:
+            break  # the rows left were fewer than the target: the store is complete
+    assert stops >= 8 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    build_store(run_dir, [data], out, **settings)
+    a, b = open_store(out), open_store(reference)
+    np.testing.assert_array_equal(
+        np.asarray(a.embeddings[:]).view(np.uint16), np.asarray(b.embeddings[:]).view(np.uint16)
+    )
+    assert a.metadata.to_pylist() == b.metadata.to_pylist()

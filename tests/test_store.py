@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,10 +51,10 @@ def test_fp16_store_size(store: Path) -> None:
         if p.is_file() and p.name != "zarr.json"
     )
     # uncompressed fp16; 108 rows in chunks of at most 32 make 4 full chunks of 27 rows (zarr
-    # would store a partial last chunk at full size: 4 * 32 rows)
+    # would store a partial last chunk at full size: 4 * 32 rows), each with a 4-byte crc32c
     header = open_store(store).header
     assert (header.count, header.dim, header.chunk_rows) == (108, 4, 27)
-    assert array_bytes == 108 * 4 * 2
+    assert array_bytes == 108 * 4 * 2 + 4 * 4
 
 
 def test_plain_libraries_read_every_artefact(store: Path, run_dir: Path, tmp_path: Path) -> None:
@@ -102,6 +104,96 @@ def test_parquet_store_matches_the_zarr_store(
         np.testing.assert_array_equal(a, np.asarray(zarr_store)[key])  # numpy's own indexing
     assert (parquet.shape, len(parquet), parquet.ndim) == ((108, 4), 108, 2)
     assert repr(zarr_store) == "EmbeddingArray(shape=(108, 4), dtype=float16, zarr)"
+
+
+def _flip_a_data_byte(store: Path) -> None:
+    """Change one byte inside the embeddings' data (not a header, not a checksum): in chunk 2
+    of a zarr store (rows 54..80), in the embedding column's last data page of a parquet one."""
+    if store.suffix == ".zarr":
+        file, at = store / "embeddings" / "c" / "2" / "0", 5
+    else:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(store).metadata.row_group(0)
+        paths = [meta.column(i).path_in_schema for i in range(meta.num_columns)]
+        column = meta.column(next(i for i, p in enumerate(paths) if p.startswith("embedding")))
+        first = column.dictionary_page_offset if column.has_dictionary_page else None
+        end = (first or column.data_page_offset) + column.total_compressed_size
+        file, at = store, end - 2  # the last data page's last bytes
+    data = bytearray(file.read_bytes())
+    data[at] ^= 0x10
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".parquet"])
+def test_a_changed_byte_in_a_chunk_is_caught_by_every_reader(
+    suffix: str,
+    store: Path,
+    run_dir: Path,
+    image_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from helpers import run_cli
+
+    damaged = tmp_path / f"emb{suffix}"
+    if suffix == ".zarr":
+        shutil.copytree(store, damaged)
+    else:
+        build_store(run_dir, [image_folder], damaged, chunk_rows=32, batch_size=16, workers=0)
+    assert open_store(damaged).header.checksums
+    _flip_a_data_byte(damaged)
+    rows = "chunk 2 (rows 54..80) fails its checksum" if suffix == ".zarr" else "fail their page"
+    with pytest.raises(StoreError, match=re.escape(rows)):
+        np.asarray(open_store(damaged).embeddings[:])
+    image = str(next((image_folder / "val").rglob("*.png")))
+    readers = {
+        "index": ["index", str(damaged), "--out", str(tmp_path / "x.faiss")],
+        "query": ["query", image, "--run", str(run_dir), "--store", str(damaged)],
+        "eval": ["eval", str(run_dir), str(image_folder), "--store", str(damaged)],
+        "verify": ["verify", str(damaged)],
+    }
+    for name, args in readers.items():
+        code, _, err = run_cli(args, capsys)
+        assert code == 1 and err.count("\n") == 1, (name, err)
+        assert str(damaged) in err and ("checksum" in err), (name, err)
+        assert name == "verify" or f"lscindex verify {damaged}" in err, (name, err)
+    assert not (tmp_path / "x.faiss").exists()
+
+
+def test_a_store_written_before_checksums_reads_and_verify_says_it_has_none(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store of the earlier layout (bytes codec only, no checksums key) opens as before."""
+    import zarr
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(store, old)
+    values = np.asarray(open_store(store).embeddings[:])
+    shutil.rmtree(old / "embeddings")
+    array = zarr.create_array(
+        str(old / "embeddings"), shape=values.shape, chunks=(27, 4), dtype="float16",
+        compressors=None, fill_value=float("nan"), dimension_names=("row", "dim"),
+    )  # fmt: skip
+    array[:] = values
+    group = zarr.open_group(str(old), mode="r+")
+    attrs = dict(group.attrs["lscindex"])
+    del attrs["checksums"]
+    group.attrs["lscindex"] = attrs
+    opened = open_store(old)
+    assert not opened.header.checksums
+    np.testing.assert_array_equal(np.asarray(opened.embeddings[:]), values)
+    code, out, err = run_cli_json(["verify", str(old), "--json"], capsys)
+    assert code == 0, err
+    (check,) = [c for c in out["checks"] if c["name"] == "checksums"]
+    assert check["ok"] and check["detail"].startswith("none: the store was written before")
+
+
+def run_cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, Any, str]:
+    from helpers import run_cli
+
+    code, out, err = run_cli(args, capsys)
+    return code, json.loads(out), err
 
 
 def test_unfinished_store_cannot_be_opened(

@@ -459,3 +459,116 @@ def test_lattice_softmax_loss_trains(image_folder: Path, tmp_path: Path) -> None
     assert all(math.isfinite(r["train_loss"]) for r in rows)
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_top1"] >= 0.8  # as the cosine run of the same length
+
+
+# -- preemption: SIGTERM / SIGUSR1 ----------------------------------------------------------------
+class _SignalAt(__import__("lscindex").training.TrainCallbacks):  # type: ignore[misc]
+    """Sends this process ``signum`` at one point of a run: after train step ``step`` of epoch
+    ``epoch`` (0-based), or at validation batch ``step`` when ``phase`` is "val"."""
+
+    def __init__(self, signum: int, phase: str, epoch: int, step: int) -> None:
+        self.signum, self.phase, self.epoch, self.step = signum, phase, epoch, step
+
+    def on_step(self, *, epoch: int, step: int, **_: object) -> None:
+        if self.phase == "train" and (epoch, step) == (self.epoch, self.step):
+            os.kill(os.getpid(), self.signum)
+
+    def on_val_step(self, *, epoch: int, step: int, **_: object) -> None:
+        if self.phase == "val" and (epoch, step) == (self.epoch, self.step):
+            os.kill(os.getpid(), self.signum)
+
+
+def test_a_stop_signal_at_random_points_resumes_bit_exact(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """SIGTERM or SIGUSR1 anywhere in a run (22 stops: after random train steps, during
+    validation, at the last step of an epoch): the step finishes, a checkpoint is written,
+    Preempted is raised, and resuming ends on the uninterrupted run's weights, metrics and
+    assignment, bit for bit."""
+    from lscindex.errors import Preempted
+
+    settings = dict(epochs=3, assignment="data", rematch_per_epoch=2, rematch_until=0.5)
+    reference = tmp_path / "reference"
+    fit(config(image_folder, reference, **settings))
+    steps = 6  # 96 training images in batches of 16
+    rng = np.random.default_rng(0)
+    points = [("train", 0, steps), ("val", 0, 1), ("train", 2, steps)]  # epoch ends, validation
+    points += [("train", int(e), int(s) + 1) for e, s in rng.integers([0, 0], [3, steps], (19, 2))]
+    runs = 0
+    for first in range(0, len(points), 2):  # two stops a run, then it finishes
+        run = tmp_path / f"stopped{first}"
+        for i, (phase, epoch, step) in enumerate(sorted(points[first : first + 2])):
+            signum = (signal.SIGTERM, signal.SIGUSR1)[runs % 2]
+            stopper = _SignalAt(signum, phase, epoch, step)
+            resume = i > 0
+            if resume and _latest_step(run)[0] >= epoch * steps + step:
+                continue  # the first stop already went past this point
+            with pytest.raises(Preempted, match=rf"stopped by {signum.name} at epoch") as err:
+                fit(config(image_folder, run, **settings), resume=resume, callbacks=stopper)
+            assert err.value.signal == signum.name and "--resume to continue" in str(err.value)
+            runs += 1
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are given back
+        fit(config(image_folder, run, **settings), resume=True)
+        for key, value in load_file(reference / "model.safetensors").items():
+            np.testing.assert_array_equal(load_file(run / "model.safetensors")[key], value, key)
+        assert metrics_of(run) == metrics_of(reference)
+        assert (run / "assignment.safetensors").read_bytes() == (
+            reference / "assignment.safetensors"
+        ).read_bytes()
+    assert runs >= 20
+
+
+def test_sigterm_to_the_train_command_exits_75_and_the_same_command_resumes(
+    tmp_path: Path,
+) -> None:
+    data = make_image_folder(tmp_path / "data", n_classes=5, per_class=16, val=2)  # 10 steps/epoch
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(data, reference), check=True, env=env, capture_output=True)
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        _train_cmd(data, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _latest_step(run)[0] < 13:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 75, err.decode()
+    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM at epoch 2")
+    assert "run the same command with --resume" in lines[0]
+    subprocess.run(_train_cmd(data, run, "--resume"), check=True, env=env, capture_output=True)
+    for key, value in load_file(reference / "model.safetensors").items():
+        np.testing.assert_array_equal(load_file(run / "model.safetensors")[key], value, key)
+    assert metrics_of(run) == metrics_of(reference)
+
+
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp" / "run"
+    worker = Path(__file__).parent / "ddp_stop_worker.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launch = [str(torchrun), "--standalone", "--nproc_per_node=2", str(worker)]
+    for mode in ("start", "resume"):
+        proc = subprocess.run(
+            [*launch, str(image_folder), str(out), mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ended = [(out.parent / f"rank{r}.txt").read_text() for r in (0, 1)]
+        if mode == "start":
+            state = load_training_state(out)
+            assert state is not None
+            step = f"(global step {state.global_step})"
+            assert ended[1].startswith("stopped by SIGTERM at epoch") and step in ended[1]
+            assert ended[0].startswith("stopped by a stop request of another rank")
+            assert step in ended[0]
+    assert ended == ["finished", "finished"]
+    assert len(metrics_of(out)) == 6

@@ -80,7 +80,7 @@ def test_clean_store_index_and_run_verify_with_exit_0(
 ) -> None:
     before = {**snapshot(store_copy), **snapshot(index_copy), **snapshot(run_copy)}
     expected = {
-        store_copy: ["header", "layout", "metadata", "rows", "chunks", "finite"],
+        store_copy: ["header", "layout", "metadata", "rows", "chunks", "finite", "checksums"],
         index_copy: ["sidecar", "sha256", "store", "fingerprint", "read", "ids", "vectors"],
         run_copy: ["config", "classes", "weights", "assignment"],
     }
@@ -149,7 +149,7 @@ STORE_DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "truncated chunk": (
         lambda p: os.truncate(p / "embeddings" / "c" / "3" / "0", 100),
         "chunks",
-        "(rows 81..107) has 100 bytes, expected 216",
+        "(rows 81..107) has 100 bytes, expected 220",
     ),
     "metadata rows repeated": (
         lambda p: _rewrite_part(p, 1, _shift_rows),

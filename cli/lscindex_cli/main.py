@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from lscindex.errors import LscIndexError
+from lscindex.errors import LscIndexError, Preempted
 from lscindex_cli import (
     eval_cmd,
     query_cmd,
@@ -27,7 +27,9 @@ from lscindex_cli._common import (
     DebugOption,
     VersionOption,
     add_command,
+    err_console,
     print_error,
+    shown,
 )
 from lscindex_cli.data_cmd import data_app
 
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     :func:`error_message`). Anything else is a bug in lscindex and keeps its traceback.
     ``--debug`` (before or after the command) lets every error through with its traceback.
     A usage error (a typo in an option or its value) is one line on stderr and exit status 2.
+    SIGTERM or SIGUSR1 during ``train`` or ``embed`` saves the progress, prints one
+    ``stopped by ...`` line and exits with status 75 (EX_TEMPFAIL); the same command continues.
     """
     state = CliState()  # typer's parse of --debug lands here (see _common.DebugOption)
     args = list(sys.argv[1:] if argv is None else argv)
@@ -77,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print_error("aborted")
         sys.exit(1)
+    except Preempted as exc:  # a scheduler's stop request, progress saved: not an error
+        err_console.print(shown(str(exc)), highlight=False)
+        sys.exit(exc.exit_status)
     except Exception as exc:
         message = error_message(exc, out=state.out)
         if state.debug or message is None:

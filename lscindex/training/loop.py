@@ -31,8 +31,9 @@ from lscindex import checkpoint as ckpt
 from lscindex import run as run_files
 from lscindex._distributed import Ranks, process_group, select_device
 from lscindex._io import writer_lock
+from lscindex._preemption import StopRequest, ignore_stop_signals, stop_requests
 from lscindex.data import DatasetSplits, ImageDataset, collate_skipping, load_dataset
-from lscindex.errors import RunError
+from lscindex.errors import Preempted, RunError
 from lscindex.losses import create_loss
 from lscindex.model import (
     Encoder,
@@ -113,6 +114,7 @@ class _Job:
     loss_fn: torch.nn.Module
     assign_samples: Sequence[tuple[Any, int]] = field(default_factory=list)
     callbacks: TrainCallbacks = field(default_factory=TrainCallbacks)
+    stop: StopRequest = field(default_factory=StopRequest)  # SIGTERM/SIGUSR1 received
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def set_system(self, system: VectorSystem) -> None:
@@ -174,7 +176,10 @@ def fit(
     Raises:
         DataError: bad data folder/manifest. ConfigError: unknown model, too many classes for
         ``dim``, bad values. RunError: out dir holds another run, resume mismatch, another
-        process is training into it.
+        process is training into it. Preempted: SIGTERM or SIGUSR1 came (a scheduler's warning
+        before it kills the job): the step in flight finished and a checkpoint was written;
+        ``fit(config, resume=True)`` continues bit for bit. Under torchrun every rank stops
+        at the same step.
 
     Example:
         >>> fit(TrainConfig(data="data/glyphs", out="runs/glyphs", epochs=3))  # doctest: +SKIP
@@ -185,12 +190,13 @@ def fit(
         with lock:
             if ranks.rank != 0 or callbacks is None:
                 callbacks = TrainCallbacks()
-            job, splits, state = _setup(config, resume, ranks, device)
-            job.callbacks = callbacks
-            progress = _start(job, splits, state, resume)
-            del splits  # the class names go with it; the job keeps the samples
-            give_back_freed_memory()
-            return _train(job, progress, state, callbacks)
+            with stop_requests() as stop:
+                job, splits, state = _setup(config, resume, ranks, device)
+                job.callbacks, job.stop = callbacks, stop
+                progress = _start(job, splits, state, resume)
+                del splits  # the class names go with it; the job keeps the samples
+                give_back_freed_memory()
+                return _train(job, progress, state, callbacks)
 
 
 # -- setup --------------------------------------------------------------------------------------
@@ -418,6 +424,10 @@ def _train(
             progress.start_epoch()
         start_time = time.perf_counter()
         stop = _train_epoch(job, progress, callbacks, start_time)
+        if stop == "preempted":
+            if ranks.world > 1:
+                dist.barrier()  # rank 0 has saved the checkpoint before any rank exits
+            raise _preempted(job, progress)
         if progress.skipped and ranks.rank == 0:
             callbacks.on_warning(
                 f"epoch {epoch + 1}: skipped {progress.skipped} unreadable image(s)"
@@ -427,17 +437,41 @@ def _train(
         result.metrics.append(metrics)
         job.scheduler.step(epoch + 1)
         if ranks.rank == 0:
-            _end_epoch(job, progress, metrics, callbacks, stopped=stop)
+            _end_epoch(job, progress, metrics, callbacks, stopped=stop == "max_steps")
         if stop:
             break
+        if _stop_agreed(job) and epoch + 1 < config.epochs:  # asked during validation
+            raise _preempted(job, progress)
     result.model = job.model
     return result
 
 
+def _stop_agreed(job: _Job) -> bool:
+    """Whether any rank was asked to stop: every rank gets the same answer, so all stop at the
+    same step (one tiny all-reduce a step under torchrun)."""
+    asked = float(bool(job.stop))
+    if job.ranks.world > 1:
+        asked = _all_sum([asked], job.device, job.ranks.world)[0]
+    return asked > 0
+
+
+def _preempted(job: _Job, progress: _Progress) -> Preempted:
+    """The exception a stopped run ends with (its checkpoint is saved)."""
+    signal = job.stop.name or "a stop request of another rank"
+    where = f"epoch {progress.epoch + 1}, step {progress.step_in_epoch}"
+    return Preempted(
+        f"stopped by {signal} at {where} (global step {progress.global_step}); the checkpoint "
+        f"in {job.out} holds it: run the same command with --resume to continue",
+        signal=signal,
+    )
+
+
 def _train_epoch(
     job: _Job, progress: _Progress, callbacks: TrainCallbacks, start_time: float
-) -> bool:
-    """The steps of one epoch (from ``progress.step_in_epoch``); True when max_steps stops it."""
+) -> str | None:
+    """The steps of one epoch (from ``progress.step_in_epoch``). Returns what stopped it early:
+    ``"max_steps"``, ``"preempted"`` (a stop signal: the step finished, a checkpoint saved), or
+    None."""
     config, world = job.config, job.ranks.world
     epoch, skip = progress.epoch, progress.step_in_epoch
     sampler = EpochSampler(
@@ -459,6 +493,7 @@ def _train_epoch(
         num_workers=config.workers,
         collate_fn=collate_skipping,
         generator=torch.Generator().manual_seed(config.seed * 7919 + epoch),
+        worker_init_fn=ignore_stop_signals,
     )
     job.train_model.train()
     last_batch = None
@@ -498,11 +533,15 @@ def _train_epoch(
         rate = progress.seen / max(time.perf_counter() - start_time, 1e-9)
         callbacks.on_step(epoch=epoch, step=step + 1, loss=float(loss), img_per_s=rate)
         every = config.checkpoint_every
-        if every and progress.global_step % every == 0 and job.ranks.rank == 0:
+        preempted = _stop_agreed(job)
+        saving = preempted or (every and progress.global_step % every == 0)
+        if saving and job.ranks.rank == 0:
             _save(job, progress, epoch, step + 1, progress.counters())
+        if preempted:
+            return "preempted"
         if config.max_steps and progress.global_step >= config.max_steps:
-            return True
-    return False
+            return "max_steps"
+    return None
 
 
 def _train_step(

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lscindex._distributed import Ranks
+from lscindex._preemption import ignore_stop_signals
 from lscindex.data import ImageDataset, collate_skipping
 
 __all__ = ["EpochSampler", "ordered_loader"]
@@ -105,4 +106,5 @@ def ordered_loader(
         sampler=sampler,
         collate_fn=collate_skipping,
         generator=generator,
+        worker_init_fn=ignore_stop_signals,
     )
