@@ -206,8 +206,14 @@ class StoreWriter:
 
             from lscindex._store_reading import check_zarr_codecs
 
-            self._array = zarr.open_array(zarr_store(path / "embeddings"), mode="r+")
-            check_zarr_codecs(self._array, path, _reembed_hint(path, header.run))
+            hint = _reembed_hint(path, header.run)
+            try:
+                self._array = zarr.open_array(zarr_store(path / "embeddings"), mode="r+")
+            except Exception as exc:  # a damaged or crafted zarr.json (zarr's own checks)
+                raise StoreError(
+                    f"store {path} has no readable embeddings array ({_one_line(exc)}); {hint}"
+                ) from None
+            check_zarr_codecs(self._array, path, hint)
 
     @property
     def parts_dir(self) -> Location:

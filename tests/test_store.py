@@ -307,3 +307,58 @@ def test_chunk_of_failed_rows_has_no_file_and_the_store_still_opens(tmp_path: Pa
     (path / "embeddings" / "c" / "1" / "0").unlink()  # embedded rows: its file must be there
     with pytest.raises(StoreError, match=r"embeddings/c/1/0 \(rows 3..5\) is missing"):
         open_store(path)
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_crafted_chunk_key_separator_is_refused_by_every_command(
+    complete: bool,
+    store: Path,
+    run_dir: Path,
+    image_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A chunk-key separator that climbs out of the store (``/../../ESCAPED_``) is refused when
+    the store is opened (finished) or resumed (unfinished), before a chunk key is formed
+    (zarr checks the separator; lscindex also refuses the "." one and other encodings)."""
+    from helpers import run_cli
+
+    crafted = tmp_path / "deep" / "er" / "emb.zarr"
+    shutil.copytree(store, crafted)
+    meta = crafted / "embeddings" / "zarr.json"
+    array = json.loads(meta.read_text())
+    array["chunk_key_encoding"]["configuration"]["separator"] = "/../../../../ESCAPED_"
+    meta.write_text(json.dumps(array))
+    if not complete:
+        group = json.loads((crafted / "zarr.json").read_text())
+        group["attributes"]["lscindex"]["complete"] = False
+        (crafted / "zarr.json").write_text(json.dumps(group))
+        shutil.rmtree(crafted / "metadata")
+        (crafted / "metadata").mkdir()
+    embed = ["embed", str(image_folder), "--run", str(run_dir), "--out", str(crafted)]
+    image = str(next((image_folder / "val").rglob("*.png")))
+    query = ["query", image, "--run", str(run_dir), "--store", str(crafted)]
+    resume = [*embed, "--chunk-rows", "32", "--batch-size", "16", "--workers", "0"]
+    commands = [["index", str(crafted)], ["verify", str(crafted)], query] if complete else [resume]
+    for args in commands:
+        code, _, err = run_cli(args, capsys)
+        assert code == 1 and err.count("\n") == 1, (args, err)
+        assert "Expected an '.' or '/' separator. Got /../../../../ESCAPED_" in err, (args, err)
+    assert not list(tmp_path.rglob("*ESCAPED_*"))
+
+
+def test_a_dot_separated_or_compressed_embeddings_array_is_not_lscindexs(
+    store: Path, tmp_path: Path
+) -> None:
+    for change, expected in (
+        (lambda a: a["chunk_key_encoding"]["configuration"].update(separator="."), "separator"),
+        (lambda a: a["codecs"].append({"name": "gzip", "configuration": {"level": 1}}), "gzip"),
+    ):
+        crafted = tmp_path / f"{expected}.zarr"
+        shutil.copytree(store, crafted)
+        meta = crafted / "embeddings" / "zarr.json"
+        array = json.loads(meta.read_text())
+        change(array)
+        meta.write_text(json.dumps(array))
+        with pytest.raises(StoreError, match=rf"store {crafted}: its embeddings array has .*"):
+            open_store(crafted)
