@@ -98,6 +98,7 @@ class _Limits:
     max_batch: int
     max_request_mpx: float = 100.0
     max_inflight_mpx: float = 200.0
+    max_pending: int = 64
 
     @property
     def upload_bytes(self) -> int:
@@ -115,6 +116,7 @@ def create_app(
     max_batch: int = 16,
     max_request_mpx: float = 100.0,
     max_inflight_mpx: float = 200.0,
+    max_pending: int = 64,
 ) -> FastAPI:
     """A FastAPI app answering ``/health``, ``/info``, ``/classify`` and ``/search`` with
     ``retriever`` (see the module docstring for the endpoints and status codes).
@@ -128,6 +130,8 @@ def create_app(
         max_inflight_mpx: the most pixels (millions) all requests being answered may hold;
             a request that would pass it gets 503 with ``Retry-After`` (at least one request
             is always answered). Together they bound the memory decoded uploads take.
+        max_pending: the most requests answered or waiting for the encoder at once; more get
+            503 with ``Retry-After``.
 
     Raises:
         InputError: a limit that is not a positive number (``max_batch``: integer).
@@ -135,8 +139,10 @@ def create_app(
     Example:
         >>> app = create_app(Retriever.open("runs/glyphs", store="emb.zarr"))  # doctest: +SKIP
     """
-    limits = _checked_limits(max_upload_mb, max_batch, max_request_mpx, max_inflight_mpx)
-    budget = _PixelBudget(int(limits.max_inflight_mpx * 1e6))
+    limits = _checked_limits(
+        max_upload_mb, max_batch, max_request_mpx, max_inflight_mpx, max_pending
+    )
+    budget = _Admission(int(limits.max_inflight_mpx * 1e6), limits.max_pending)
     lock = threading.Lock()  # one forward pass at a time: answers independent of concurrency
     classes_only = retriever
     # The retriever `query --no-store` opens; a plain timm encoder's classes come from its store.
@@ -145,7 +151,7 @@ def create_app(
         classes_only = Retriever(retriever.run, chosen=chosen)
     info = _info_document(retriever, limits)
     app = FastAPI(title="lscindex", version=__version__, summary=_SUMMARY)
-    app.state.pixel_budget = budget  # the decoded pixels being answered, for monitoring
+    app.state.admission = budget  # the requests and decoded pixels being answered
     _add_error_handlers(app)
 
     @app.get("/health")
@@ -178,7 +184,11 @@ def create_app(
 
 
 def _checked_limits(
-    max_upload_mb: float, max_batch: int, max_request_mpx: float, max_inflight_mpx: float
+    max_upload_mb: float,
+    max_batch: int,
+    max_request_mpx: float,
+    max_inflight_mpx: float,
+    max_pending: int,
 ) -> _Limits:
     """The limits of :func:`create_app`, refused (InputError) unless positive numbers."""
     for name, value, unit, floor in (
@@ -197,12 +207,20 @@ def _checked_limits(
                 f"{name} must be a positive number of {unit}, got {value!r}; pass e.g. "
                 f"{default:g} (--{name.replace('_', '-')} {default:g})"
             )
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise InputError(
-            f"max_batch must be a positive integer, got {max_batch!r}; pass e.g. 16 "
-            f"(--max-batch 16)"
-        )
-    return _Limits(float(max_upload_mb), max_batch, float(max_request_mpx), float(max_inflight_mpx))
+    for name, count in (("max_batch", max_batch), ("max_pending", max_pending)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            default = inspect.signature(create_app).parameters[name].default
+            raise InputError(
+                f"{name} must be a positive integer, got {count!r}; pass e.g. {default} "
+                f"(--{name.replace('_', '-')} {default})"
+            )
+    return _Limits(
+        float(max_upload_mb),
+        max_batch,
+        float(max_request_mpx),
+        float(max_inflight_mpx),
+        max_pending,
+    )
 
 
 def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
@@ -220,6 +238,7 @@ def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
             "max_batch": limits.max_batch,
             "max_request_mpx": limits.max_request_mpx,
             "max_inflight_mpx": limits.max_inflight_mpx,
+            "max_pending": limits.max_pending,
             "default_k": DEFAULT_K,
         },
     )
@@ -229,7 +248,7 @@ async def _answer(
     request: Request,
     retriever: Retriever,
     limits: _Limits,
-    guards: tuple[threading.Lock, _PixelBudget],
+    guards: tuple[threading.Lock, _Admission],
 ) -> Response:
     """Read the uploads and ``k`` of ``request`` and answer them with ``retriever``."""
     unknown = [key for key in request.query_params if key != "k"]
@@ -339,33 +358,47 @@ def _too_large(what: str, max_bytes: int) -> _RequestError:
     )
 
 
-class _PixelBudget:
-    """Decoded pixels the requests being answered hold, at most ``limit``: a request that would
-    pass it is refused at once (503, ``Retry-After``) instead of queueing without bound."""
+class _Admission:
+    """What the requests being answered hold: at most ``max_requests`` of them and
+    ``max_pixels`` decoded pixels. A request that would pass either is refused at once (503,
+    ``Retry-After``) instead of waiting in a queue that grows without bound."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held = limit, 0
+    def __init__(self, max_pixels: int, max_requests: int) -> None:
+        self.max_pixels, self.max_requests = max_pixels, max_requests
+        self.pixels = self.requests = 0
         self._lock = threading.Lock()
 
     @contextmanager
     def hold(self, pixels: int) -> Iterator[None]:
         with self._lock:
-            if self.held and self.held + pixels > self.limit:
-                raise _RequestError(
-                    503,
-                    f"the server is decoding {self.held / 1e6:.1f} million pixels of other "
-                    f"requests, its limit is {self.limit / 1e6:g} million (--max-inflight-mpx); "
-                    f"retry in {RETRY_AFTER_S} s",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
+            if self.requests >= self.max_requests:
+                raise _busy(
+                    f"the server is answering {self.requests} requests, its limit "
+                    f"(--max-pending {self.max_requests})"
                 )
-            self.held += pixels
+            if self.pixels and self.pixels + pixels > self.max_pixels:
+                raise _busy(
+                    f"the server is decoding {self.pixels / 1e6:.1f} million pixels of other "
+                    f"requests, its limit is {self.max_pixels / 1e6:g} million "
+                    f"(--max-inflight-mpx)"
+                )
+            self.pixels += pixels
+            self.requests += 1
         try:
             yield
         finally:
             with self._lock:
-                self.held -= pixels
+                self.pixels -= pixels
+                self.requests -= 1
             if pixels >= _TRIM_PIXELS:  # decoded images freed: hand their pages back
                 give_back_freed_memory()
+
+
+def _busy(what: str) -> _RequestError:
+    """503: the server is at a limit; the client should retry shortly."""
+    return _RequestError(
+        503, f"{what}; retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 def _request_pixels(uploads: Sequence[tuple[str, bytes]], limits: _Limits) -> int:

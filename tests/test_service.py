@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def test_health_and_info_name_what_answers(
         "max_batch": MAX_BATCH,
         "max_request_mpx": MAX_REQUEST_MPX,
         "max_inflight_mpx": 200.0,
+        "max_pending": 64,
         "default_k": 5,
     }
     assert_same_shape(info, documented_json(DOC, "info"))
@@ -451,6 +453,7 @@ def test_an_unexpected_error_is_a_one_line_500(
         ({"max_upload_mb": float("nan")}, "max_upload_mb must be a positive number of MiB"),
         ({"max_request_mpx": 0}, "max_request_mpx must be a positive number of million pixels"),
         ({"max_inflight_mpx": "9"}, "max_inflight_mpx must be a positive number of million"),
+        ({"max_pending": 0}, "max_pending must be a positive integer, got 0; pass e.g. 64"),
     ],
 )
 def test_create_app_refuses_limits_that_are_not_positive(
@@ -497,6 +500,7 @@ def test_serve_help_states_the_library_defaults(
     assert f"one request (default {default_of(create_app, 'max_batch')})" in text
     assert f"in millions (default {default_of(create_app, 'max_request_mpx'):g})" in text
     assert f"Retry-After (default {default_of(create_app, 'max_inflight_mpx'):g})" in text
+    assert f"Retry-After (default {default_of(create_app, 'max_pending')})" in text
 
 
 def test_decoded_pixels_past_the_servers_budget_get_503_with_retry_after(
@@ -509,7 +513,7 @@ def test_decoded_pixels_past_the_servers_budget_get_503_with_retry_after(
     from lscindex.service import create_app
 
     app = create_app(Retriever.open(run_dir, store=False, device="cpu"), max_inflight_mpx=0.003)
-    budget = app.state.pixel_budget
+    budget = app.state.admission
     with TestClient(app) as client:
         assert client.post("/classify", files=upload(val_images[0])).status_code == 200
         with budget.hold(2_000):  # another request's 2,000 px: 32 x 32 more would pass 3,000
@@ -517,8 +521,22 @@ def test_decoded_pixels_past_the_servers_budget_get_503_with_retry_after(
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert "decoding 0.0 million pixels of other requests" in refused.json()["error"]
         assert "(--max-inflight-mpx); retry in 1 s" in refused.json()["error"]
-        assert budget.held == 0
+        assert budget.pixels == budget.requests == 0
         assert client.post("/classify", files=upload(*val_images[:2])).status_code == 200
+
+
+def test_requests_past_max_pending_get_503_at_once(run_dir: Path, val_images: list[Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from lscindex.service import create_app
+
+    app = create_app(Retriever.open(run_dir, store=False, device="cpu"), max_pending=2)
+    admission = app.state.admission
+    with TestClient(app) as client, admission.hold(0), admission.hold(0):
+        refused = client.post("/classify", files=upload(val_images[0]))
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "answering 2 requests, its limit (--max-pending 2); retry in 1 s" in refused.text
+    assert admission.requests == 0
 
 
 def test_neither_the_library_nor_the_cli_imports_fastapi_until_serve_runs() -> None:
@@ -529,3 +547,48 @@ def test_neither_the_library_nor_the_cli_imports_fastapi_until_serve_runs() -> N
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def test_sixteen_clients_get_every_answer_in_bounded_memory_and_sigterm_drains(
+    run_dir: Path, store: Path, val_images: list[Path], tmp_path: Path
+) -> None:
+    """A small benchmarks/serve_load.py: 16 concurrent clients, 320 requests (classify and
+    search alternating): no error, the server's RSS back within 150 MiB of where it was; then
+    SIGTERM while requests are in flight: each is answered before the server exits."""
+    log = tmp_path / "server.log"
+    serve = [sys.executable, "-m", "lscindex_cli.main", "serve", "--run", str(run_dir)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*serve, "--store", str(store), "--port", "0", "--device", "cpu"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = wait_for_server(proc, log)
+        jobs = [("classify", "search")[i % 2] for i in range(320)]
+
+        def ask(i: int) -> int:
+            files = upload(val_images[i % len(val_images)])
+            return httpx.post(f"{url}/{jobs[i]}", files=files, timeout=120).status_code
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(ask, range(32)))  # warm-up
+            before = _rss_mib(proc.pid)
+            statuses = list(pool.map(ask, range(len(jobs))))
+        assert statuses == [200] * len(jobs)
+        assert _rss_mib(proc.pid) < before + 150
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            busy = [pool.submit(ask, i) for i in range(16)]
+            time.sleep(0.3)  # the requests are in flight
+            proc.send_signal(signal.SIGTERM)
+            assert [f.result() for f in busy] == [200] * 16
+        # uvicorn re-raises the signal once drained: the status says SIGTERM ended it (143)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+        assert "Traceback" not in log.read_text()
+    finally:
+        stop_process(proc)

@@ -54,6 +54,14 @@ def serve(
             "with Retry-After (default 200)."
         ),
     ] = None,
+    max_pending: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Most requests answered or waiting at once; more get 503 with Retry-After "
+            "(default 64).",
+        ),
+    ] = None,
 ) -> None:
     """Answer POST /classify and /search over HTTP with the query --json document.
 
@@ -78,6 +86,7 @@ def serve(
             "max_batch": max_batch,
             "max_request_mpx": max_request_mpx,
             "max_inflight_mpx": max_inflight_mpx,
+            "max_pending": max_pending,
         }
         app = create_app(retriever, **{k: v for k, v in limits.items() if v is not None})
         bound = int(sock.getsockname()[1])
