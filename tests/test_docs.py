@@ -62,6 +62,8 @@ FAST_SCRIPTS = {
     "benchmarks/convergence.py": "--model test_resnet --epochs 1 --batch-size 8 --only v21-data "
     "v21-codec ce --max-steps 2 --workers 0 --img-size 16",
     "benchmarks/index_auto.py": "--rows 20000 --max-memory-mib 2 --queries 500 --repeats 1",
+    "benchmarks/serve_load.py": "--clients 4 --requests 24 --rounds 1 --model test_resnet "
+    "--classes 12",
 }
 
 
