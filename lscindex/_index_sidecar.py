@@ -9,9 +9,12 @@ optional, so sidecars written before them still load.
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lscindex._index_search import RecallTrial
@@ -242,18 +245,65 @@ def read_sidecar(path: PathOrUrl) -> IndexInfo:
 
 def read_faiss_index(path: Location, info: IndexInfo) -> Any:
     """``faiss.read_index`` (a remote index is downloaded into memory and deserialised), its
-    errors on a crafted or damaged file as one-line StoreErrors."""
+    errors on a crafted or damaged file as one-line StoreErrors.
+
+    FAISS sizes its arrays from counts inside the file before it reads them, so a 7 KB file
+    can make it allocate gigabytes before it finds the data missing. The read runs under an
+    address-space budget of 8x the file's size (at least 512 MiB) beyond what the process
+    holds: what an index built by lscindex needs (its id maps included) fits, and a crafted
+    count fails at once instead.
+    """
     import faiss
     import numpy as np
 
+    data = path.read_bytes() if isinstance(path, RemotePath) else None
+    size = len(data) if data is not None else Path(str(path)).stat().st_size
     try:
-        if isinstance(path, RemotePath):
-            return faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
-        return faiss.read_index(str(path))
+        with memory_budget(max(8 * size, MIN_READ_BUDGET_BYTES)):
+            if data is not None:
+                return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            return faiss.read_index(str(path))
     except (RuntimeError, MemoryError) as exc:
         # FAISS prefixes its reason with the C++ function and source line: keep the reason.
         reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip().splitlines()[-1])
+        if isinstance(exc, MemoryError) or "bad_alloc" in reason:
+            reason = (
+                f"it asks for more memory than a {size:,}-byte index can need: the file is "
+                f"damaged or crafted"
+            )
         raise StoreError(
             f"index {path} cannot be read by FAISS ({reason[:160]}); rebuild it with lscindex "
             f"index {info.store}"
         ) from None
+
+
+MIN_READ_BUDGET_BYTES = 512 * 2**20
+
+
+@contextmanager
+def memory_budget(extra_bytes: int) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``extra_bytes`` for the block
+    (Linux; elsewhere a no-op): an allocation past it fails (FAISS raises ``bad_alloc``, Python
+    ``MemoryError``) instead of taking the machine's memory. The cap is process-wide, so it is
+    only used where nothing else runs beside: reading an index, before a query or a server
+    starts."""
+    try:
+        import resource
+
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+        current = pages * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    limit = current + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft <= limit:  # already as strict
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

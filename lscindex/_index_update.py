@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from lscindex._index_sidecar import IndexInfo
-from lscindex._location import Location, as_location
+from lscindex._location import Location, recorded_location
 from lscindex.errors import ConfigError, StoreError
 from lscindex.index_factory import choose_factory
 from lscindex.store import EmbeddingStore, open_store, store_exists
@@ -41,7 +41,7 @@ def check_rows(path: Location, info: IndexInfo, index: Any, store: EmbeddingStor
     if info.store_fingerprint == store.fingerprint:
         return  # the very store the index was built from
     fix = f"build a new index with lscindex index {store.path}"
-    old_path = as_location(info.store, "store")
+    old_path = recorded_location(info.store, "store", f"the sidecar of {path}")
     if not store_exists(old_path):
         raise StoreError(
             f"cannot compare the rows of index {path} with store {store.path}: the store it "

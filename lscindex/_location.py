@@ -43,6 +43,7 @@ __all__ = [
     "publish_with",
     "read_parquet",
     "read_parquet_schema",
+    "recorded_location",
     "remove_tree",
     "write_bytes",
     "write_json",
@@ -193,6 +194,30 @@ def is_remote(path: object) -> bool:
     return False
 
 
+# Where lscindex itself writes stores: what a recorded location (a run's stores.json, an index
+# sidecar) may name for lscindex to open without being asked.
+STORE_SCHEMES = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
+
+
+def recorded_location(text: str, what: str, where: str) -> Location:
+    """The location a file lscindex wrote records (``where``: e.g. an index sidecar), opened
+    only if it is a local path or a URL of a scheme lscindex writes stores to: a crafted file
+    must not make lscindex fetch ``ftp://`` or ``http://`` addresses nobody asked for.
+
+    Raises:
+        StoreError: another scheme; the fix is to name the location explicitly.
+    """
+    found = _URL.match(text)
+    scheme = found.group(1).lower() if found and len(found.group(1)) > 1 else "file"
+    if scheme not in STORE_SCHEMES:
+        raise StoreError(
+            f"{where} names {what} {text}, a {scheme}:// URL lscindex does not open unasked "
+            f"(it writes stores to local paths and {', '.join(sorted(STORE_SCHEMES - {'file'}))}"
+            f" URLs); pass the {what} explicitly"
+        )
+    return as_location(text, what)
+
+
 def as_location(path: PathOrUrl, what: str = "path") -> Location:
     """A :class:`pathlib.Path` for a local path or ``file://`` URL, a :class:`RemotePath` for
     any other fsspec URL.
@@ -249,12 +274,41 @@ def _remote(url: str, scheme: str, what: str) -> RemotePath:
             f"(s3://, gs://, az://, memory://, file://)"
         ) from None
     try:
-        fs, inner = fsspec.url_to_fs(url)
+        fs, inner = fsspec.url_to_fs(url, **_timeouts(scheme))
     except Exception as exc:  # a malformed URL or a file system that cannot start
         raise StoreError(f"{what} {url}: cannot open its file system ({exc})") from None
     if not inner.strip("/"):
         raise StoreError(f"{what} {url} names no object; add a name, e.g. {url}/emb.zarr")
     return RemotePath(fs, scheme, inner)
+
+
+REMOTE_TIMEOUT_ENV = "LSCINDEX_REMOTE_TIMEOUT_S"
+DEFAULT_REMOTE_TIMEOUT_S = 30.0
+
+
+def _timeouts(scheme: str) -> dict[str, Any]:
+    """Storage options that bound how long an S3 request may wait: connecting (at most 10 s)
+    and each read (``LSCINDEX_REMOTE_TIMEOUT_S``, default 30 s), one attempt per botocore call
+    (s3fs retries those that time out a few times itself). Without them an endpoint that
+    accepts connections and never answers holds a command for ever. Other schemes: their
+    libraries' defaults."""
+    if scheme not in ("s3", "s3a"):
+        return {}
+    try:
+        read = float(os.environ.get(REMOTE_TIMEOUT_ENV, DEFAULT_REMOTE_TIMEOUT_S))
+    except ValueError:
+        read = -1.0
+    if not read > 0:
+        raise StoreError(
+            f"{REMOTE_TIMEOUT_ENV}={os.environ[REMOTE_TIMEOUT_ENV]!r} is not a positive number of "
+            f"seconds; set it to e.g. {DEFAULT_REMOTE_TIMEOUT_S:g} or unset it"
+        )
+    config = {
+        "connect_timeout": min(10.0, read),
+        "read_timeout": read,
+        "retries": {"max_attempts": 1},
+    }
+    return {"config_kwargs": config}
 
 
 def _hint(scheme: str) -> str:

@@ -163,4 +163,19 @@ def _manifest_items(path: Path, lookup: dict[str, int], names: Sequence[str]) ->
         else:
             label = lookup.get(row.label, -1) if row.label is not None else -1
         items.append(EmbedItem(row.id, row.path, label, names[label] if label >= 0 else None))
+    _refuse_repeated_ids(path, items)
     return items
+
+
+def _refuse_repeated_ids(path: Path, items: Sequence[EmbedItem]) -> None:
+    """A manifest's ids name the store's rows (``--append`` skips the ids a store holds): each
+    must be unique. Raises DataError naming the first repeated id and its rows."""
+    first: dict[str, int] = {}
+    for row, item in enumerate(items):
+        if item.id in first:
+            raise DataError(
+                f"manifest {path} gives the id {item.id!r} to rows {first[item.id]} and {row}; ids "
+                f"name the store's rows and must be unique: give each row its own id (an id "
+                f"column, or else distinct paths)"
+            )
+        first[item.id] = row

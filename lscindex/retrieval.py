@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from lscindex._index_search import search_parameters
-from lscindex._location import Location, PathOrUrl, RemotePath, as_location, is_remote
+from lscindex._location import (
+    Location,
+    PathOrUrl,
+    RemotePath,
+    as_location,
+    is_remote,
+    recorded_location,
+)
 from lscindex.data import list_images, read_image
 from lscindex.embedding import encode_batch
 from lscindex.errors import DataError, InputError, RunError, StoreError
@@ -32,7 +39,7 @@ from lscindex.features import HEAD as FEATURES_HEAD
 from lscindex.features import FeatureSpec, open_features
 from lscindex.index import default_index_path, load_index, read_sidecar
 from lscindex.model import top_classes
-from lscindex.run import CONFIG, WEIGHTS, Run, open_run, recorded_stores
+from lscindex.run import CONFIG, STORES, WEIGHTS, Run, open_run, recorded_stores
 from lscindex.store import EmbeddingStore, open_store, read_header, store_exists
 
 __all__ = ["ClassMatch", "Neighbor", "QueryResult", "Retriever", "find_runs", "find_stores"]
@@ -98,7 +105,7 @@ def find_stores(run: Run) -> list[Location]:
     found = []
     for recorded in recorded_stores(run.path):
         try:
-            path = as_location(recorded, "store")
+            path = recorded_location(recorded, "store", f"{run.path / STORES}")
             if not store_exists(path):
                 continue
             header = read_header(path)

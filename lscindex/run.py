@@ -19,6 +19,7 @@ atomically (temp file, fsync, rename).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -78,11 +79,27 @@ def save_weights(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Atomically save tensors (moved to CPU, made contiguous) as a safetensors file."""
+    """Atomically save tensors (moved to CPU, made contiguous) as a safetensors file, with the
+    sha256 of their contents in its metadata (``tensors_sha256``, checked by ``verify``)."""
     from safetensors.torch import save
 
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(clean, metadata=dict(metadata or {})))
+    meta = {**dict(metadata or {}), TENSORS_SHA256: tensors_sha256(clean)}
+    atomic_write_bytes(path, save(clean, metadata=meta))
+
+
+TENSORS_SHA256 = "tensors_sha256"
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (64 hex digits):
+    what a safetensors file holds, whatever its header's layout."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _weights_metadata(path: Path) -> dict[str, str]:

@@ -47,7 +47,11 @@ SCHEMA_VERSION = 1
 
 def finite(value: Any) -> Any:
     """``value`` made strict-JSON-safe: non-finite floats -> None, numpy scalars/arrays -> Python,
-    dataclasses -> dicts, paths -> strings, recursively through lists and mappings."""
+    dataclasses -> dicts, paths -> strings, recursively through lists and mappings. Bytes of a
+    file name that are not UTF-8 (Python holds them as lone surrogates, which no strict JSON
+    parser reads) become the text ``\\xff``, as the CLI shows them."""
+    if isinstance(value, str):
+        return _utf8(value)
     if isinstance(value, float | np.floating):
         number = float(value)
         return number if math.isfinite(number) else None
@@ -58,14 +62,23 @@ def finite(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return finite(value.tolist())
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        return _utf8(os.fspath(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return finite(dataclasses.asdict(value))
     if isinstance(value, Mapping):
-        return {str(k): finite(v) for k, v in value.items()}
+        return {_utf8(str(k)): finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
+
+
+def _utf8(text: str) -> str:
+    """``text`` with each undecodable file-name byte (a lone surrogate) as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
 
 
 def to_json(data: Any) -> str:

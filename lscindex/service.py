@@ -10,7 +10,8 @@ answers are the versioned ``query`` document of ``lscindex query --json``
 - ``POST /classify``: top-k classes of each uploaded image, no neighbours: the document of
   ``lscindex query --json --no-store`` (a server without a store answers as it was opened, and
   one on a plain timm encoder's store as ``/search``: its classes are a vote of stored items);
-- ``POST /search``: classes and the k nearest stored items: the document of ``query --json``.
+- ``POST /search``: classes and the k nearest stored items: the document of ``query --json``;
+- ``GET /openapi.json``: the OpenAPI description of the above (no ``/docs`` page).
 
 Uploads are multipart form fields named ``image`` (repeatable); ``k`` is a query parameter or a
 form field (default 5). Each result's ``image`` is the upload's file name, so a file sent with its
@@ -19,7 +20,8 @@ path as the file name gets the document ``lscindex query PATH --json`` prints. U
 
 Status codes: 200 with the document when at least one image was read (the others are error
 entries, as in ``query --json``); every refusal is ``{"error": "<one line: the value and the
-fix>"}``: 400 a body that is not multipart, 404/405 an unknown endpoint or method, 409 ``/search``
+fix>"}``: 400 a body that is not multipart, 404/405 an unknown endpoint or method, 408 a body
+that did not arrive within ``body_timeout_s``, 409 ``/search``
 on a server without a store, 413 too many images, too large an upload or too many pixels,
 503 more decoded pixels than the server holds at once (with ``Retry-After``), 422 a bad ``k``, no
 ``image`` field, an unknown field or parameter, or no upload readable as an image; 500 a bug (the
@@ -36,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import io
@@ -69,7 +72,7 @@ from lscindex.shards import give_back_freed_memory
 __all__ = ["DEFAULT_K", "ENDPOINTS", "create_app"]
 
 DEFAULT_K: int = inspect.signature(Retriever.query).parameters["k"].default
-ENDPOINTS = ("GET /health", "GET /info", "POST /classify", "POST /search")
+ENDPOINTS = ("GET /health", "GET /info", "POST /classify", "POST /search", "GET /openapi.json")
 _MIB = 1024 * 1024
 _FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and the k field, beyond the images
 _FIELDS = ("image", "k")
@@ -99,6 +102,7 @@ class _Limits:
     max_request_mpx: float = 100.0
     max_inflight_mpx: float = 200.0
     max_pending: int = 64
+    body_timeout_s: float = 60.0
 
     @property
     def upload_bytes(self) -> int:
@@ -117,6 +121,7 @@ def create_app(
     max_request_mpx: float = 100.0,
     max_inflight_mpx: float = 200.0,
     max_pending: int = 64,
+    body_timeout_s: float = 60.0,
 ) -> FastAPI:
     """A FastAPI app answering ``/health``, ``/info``, ``/classify`` and ``/search`` with
     ``retriever`` (see the module docstring for the endpoints and status codes).
@@ -132,6 +137,7 @@ def create_app(
             is always answered). Together they bound the memory decoded uploads take.
         max_pending: the most requests answered or waiting for the encoder at once; more get
             503 with ``Retry-After``.
+        body_timeout_s: seconds a request's body has to arrive in full; a slower one gets 408.
 
     Raises:
         InputError: a limit that is not a positive number (``max_batch``: integer).
@@ -140,7 +146,7 @@ def create_app(
         >>> app = create_app(Retriever.open("runs/glyphs", store="emb.zarr"))  # doctest: +SKIP
     """
     limits = _checked_limits(
-        max_upload_mb, max_batch, max_request_mpx, max_inflight_mpx, max_pending
+        max_upload_mb, max_batch, max_request_mpx, max_inflight_mpx, max_pending, body_timeout_s
     )
     budget = _Admission(int(limits.max_inflight_mpx * 1e6), limits.max_pending)
     lock = threading.Lock()  # one forward pass at a time: answers independent of concurrency
@@ -150,7 +156,11 @@ def create_app(
         chosen = {"run": retriever.chosen["run"], "store": "none asked for", "index": None}
         classes_only = Retriever(retriever.run, chosen=chosen)
     info = _info_document(retriever, limits)
-    app = FastAPI(title="lscindex", version=__version__, summary=_SUMMARY)
+    # /openapi.json describes the endpoints for clients and generators; no /docs or /redoc
+    # pages, which load their scripts from a CDN a private deployment cannot reach.
+    app = FastAPI(
+        title="lscindex", version=__version__, summary=_SUMMARY, docs_url=None, redoc_url=None
+    )
     app.state.admission = budget  # the requests and decoded pixels being answered
     _add_error_handlers(app)
 
@@ -189,12 +199,14 @@ def _checked_limits(
     max_request_mpx: float,
     max_inflight_mpx: float,
     max_pending: int,
+    body_timeout_s: float,
 ) -> _Limits:
     """The limits of :func:`create_app`, refused (InputError) unless positive numbers."""
     for name, value, unit, floor in (
         ("max_upload_mb", max_upload_mb, "MiB", 1 / _MIB),
         ("max_request_mpx", max_request_mpx, "million pixels", 1e-6),
         ("max_inflight_mpx", max_inflight_mpx, "million pixels", 1e-6),
+        ("body_timeout_s", body_timeout_s, "seconds", 1e-3),
     ):
         if (
             isinstance(value, bool)
@@ -220,6 +232,7 @@ def _checked_limits(
         float(max_request_mpx),
         float(max_inflight_mpx),
         max_pending,
+        float(body_timeout_s),
     )
 
 
@@ -239,6 +252,7 @@ def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
             "max_request_mpx": limits.max_request_mpx,
             "max_inflight_mpx": limits.max_inflight_mpx,
             "max_pending": limits.max_pending,
+            "body_timeout_s": limits.body_timeout_s,
             "default_k": DEFAULT_K,
         },
     )
@@ -318,7 +332,7 @@ def _parse_k(values: list[Any]) -> int:
 async def _read_form(request: Request, limits: _Limits) -> FormData:
     """The multipart form of ``request``, its body refused (413) past the request limit."""
     try:
-        return await _limited(request, limits.request_bytes).form(
+        return await _limited(request, limits.request_bytes, limits.body_timeout_s).form(
             max_files=limits.max_batch + 1, max_fields=len(_FIELDS) + 8
         )
     except HTTPException as exc:  # starlette's refusals of the multipart body
@@ -331,16 +345,27 @@ async def _read_form(request: Request, limits: _Limits) -> FormData:
         ) from None
 
 
-def _limited(request: Request, max_bytes: int) -> Request:
-    """``request`` whose body is refused with 413 past ``max_bytes``, declared or streamed."""
+def _limited(request: Request, max_bytes: int, timeout_s: float) -> Request:
+    """``request`` whose body is refused with 413 past ``max_bytes``, declared or streamed, and
+    with 408 unless it has all arrived ``timeout_s`` after the request began (a stalled upload
+    would otherwise hold its connection and its spooled bytes for ever)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(f"the request declares {int(declared):,} bytes", max_bytes)
     receive, seen = request.receive, 0
+    deadline = asyncio.get_running_loop().time() + timeout_s
 
     async def limited_receive() -> Message:
         nonlocal seen
-        message = await receive()
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            message = await asyncio.wait_for(receive(), timeout=max(left, 0.0))
+        except TimeoutError:
+            raise _RequestError(
+                408,
+                f"the request body did not arrive within {timeout_s:g} s ({seen:,} bytes "
+                f"came), this server's --body-timeout-s; send the whole request at once",
+            ) from None
         seen += len(message.get("body", b""))
         if seen > max_bytes:
             raise _too_large(f"the request body passed {max_bytes:,} bytes", max_bytes)

@@ -23,7 +23,13 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
-from lscindex._location import Location, PathOrUrl, as_location, location_sha256
+from lscindex._location import (
+    Location,
+    PathOrUrl,
+    as_location,
+    location_sha256,
+    recorded_location,
+)
 from lscindex.errors import LscIndexError, RunError, StoreError
 
 __all__ = ["Check", "VerifyReport", "verify_index", "verify_path", "verify_run", "verify_store"]
@@ -336,7 +342,10 @@ def _sidecar(path: Location) -> tuple[Any, str]:
 def _index_store(path: Location, recorded: str, given: PathOrUrl | None) -> tuple[Any, str]:
     from lscindex.store import open_store, store_exists
 
-    named = as_location(recorded if given is None else given, "store")
+    if given is None:
+        named = recorded_location(recorded, "store", f"the sidecar of {path}")
+    else:
+        named = as_location(given, "store")
     candidates = [named]
     if given is None and not (isinstance(named, Path) and named.is_absolute()):
         candidates += [path.parent / str(named)] if isinstance(named, Path) else []
@@ -398,7 +407,9 @@ def verify_run(path: str | os.PathLike[str]) -> VerifyReport:
 
     Checks: ``config`` (config.json parses, a known format version, a valid model config),
     ``classes`` (one name per class, likewise the class keys), ``weights`` (the safetensors
-    header of model.safetensors parses and covers the file; tensors are not loaded) and
+    header of model.safetensors parses and covers the file, its tensors have the names and
+    shapes the config's model holds and the contents checksum written with them),
+    ``checkpoints`` (the newest checkpoint's state and tensors are whole) and
     ``assignment`` (data-assigned runs: the table is one (n_classes,) int64 tensor of distinct
     vectors of the system, the one the weights' metadata names by sha256).
 
@@ -416,6 +427,7 @@ def verify_run(path: str | os.PathLike[str]) -> VerifyReport:
     metadata = report._run("weights", lambda: _weights(path, model))
     if model is not None and metadata is not None:
         report._run("assignment", lambda: _assignment(path, model, metadata))
+    report._run("checkpoints", lambda: _checkpoints(path))
     return report
 
 
@@ -484,7 +496,56 @@ def _weights(path: Path, model: Any) -> tuple[dict[str, str], str]:
             check_weights_fit(create_model(model), file, path / CONFIG)
         fits = ", shapes fit the config"
     step = metadata.get("global_step", "?")
-    return metadata, f"{len(names)} tensors, header intact{fits} (step {step})"
+    contents = _contents(file, metadata)
+    return metadata, f"{len(names)} tensors, header intact{fits}, {contents} (step {step})"
+
+
+def _contents(file: Path, metadata: dict[str, str]) -> str:
+    """Whether a safetensors file's tensors still have the sha256 written with them."""
+    from safetensors.torch import load_file
+
+    from lscindex.run import TENSORS_SHA256, tensors_sha256
+
+    expected = metadata.get(TENSORS_SHA256)
+    if expected is None:
+        return "no contents checksum (written before lscindex stored one)"
+    try:
+        found = tensors_sha256(load_file(str(file)))
+    except Exception as exc:  # safetensors' own error on data that does not parse
+        raise RunError(f"{file} is damaged ({str(exc)[:160]}); resume or retrain the run") from None
+    if found != expected:
+        raise RunError(
+            f"{file} holds other tensors than it was written with (sha256 {found[:16]}..., "
+            f"recorded {expected[:16]}...): a byte changed after training; restore it or retrain"
+        )
+    return "contents checksum verified"
+
+
+def _checkpoints(path: Path) -> tuple[bool, str]:
+    """The newest checkpoint (what --resume continues from) is whole: latest.json names a
+    folder whose state.json parses and whose tensors have their checksums."""
+    from safetensors import safe_open
+
+    from lscindex.run import CHECKPOINTS
+
+    root = path / CHECKPOINTS
+    if not root.is_dir():
+        return True, "none (the run keeps no resumable state)"
+    try:
+        name = json.loads((root / "latest.json").read_text())["checkpoint"]
+        folder = root / str(name)
+        step = json.loads((folder / "state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(
+            f"{root} has no readable newest checkpoint ({exc}); --resume cannot continue the "
+            f"run: retrain it"
+        ) from None
+    files = sorted(folder.glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        _contents(file, metadata)
+    return True, f"{name} (step {step}): state and {len(files)} tensor files intact"
 
 
 def _assignment(path: Path, model: Any, metadata: dict[str, str]) -> tuple[bool, str]:

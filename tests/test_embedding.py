@@ -297,3 +297,33 @@ def test_a_stop_signal_finishes_the_chunk_in_flight_and_the_same_call_resumes(
         np.asarray(a.embeddings[:]).view(np.uint16), np.asarray(b.embeddings[:]).view(np.uint16)
     )
     assert a.metadata.to_pylist() == b.metadata.to_pylist()
+
+
+def test_a_manifest_repeating_an_id_is_refused_before_anything_is_written(
+    run_dir: Path,
+    image_folder: Path,
+    store: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from helpers import run_cli
+
+    images = sorted((image_folder / "val").rglob("*.png"))[:3]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,id\n" + "".join(f"{p},{i}\n" for p, i in zip(images, ["a", "b", "a"], strict=True))
+    )
+    out = tmp_path / "emb.zarr"
+    code, _, err = run_cli(
+        ["embed", str(manifest), "--run", str(run_dir), "--out", str(out)], capsys
+    )
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"manifest {manifest} gives the id 'a' to rows 0 and 2; ids name" in err
+    assert not out.exists()
+    appended = tmp_path / "appended.zarr"  # --append refuses it too, the store unchanged
+    shutil.copytree(store, appended)
+    before = {p: p.read_bytes() for p in appended.rglob("*") if p.is_file()}
+    append = ["embed", str(manifest), "--run", str(run_dir), "--out", str(appended), "--append"]
+    code, _, err = run_cli(append, capsys)
+    assert code == 1 and "gives the id 'a' to rows 0 and 2" in err, err
+    assert {p: p.read_bytes() for p in appended.rglob("*") if p.is_file()} == before

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -306,6 +307,19 @@ def test_a_non_utf8_file_name(
     )
 
 
+def test_query_json_of_a_non_utf8_file_name_is_strict_utf8_json(
+    tiny_run: Path, hostile_data: Path, tmp_path: Path
+) -> None:
+    """Real argv and stdout bytes: the answer parses as strict UTF-8 JSON, the byte shown as
+    the text ``\\xff`` (as in the CLI's messages)."""
+    image = non_utf8_file(tmp_path, Path(query_image(hostile_data)).read_bytes())
+    cmd = [sys.executable, "-m", "lscindex_cli.main", "query", os.fsencode(image)]
+    done = subprocess.run([*cmd, "--run", str(tiny_run), "--json"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.decode("utf-8", errors="strict"))
+    assert answer["results"][0]["image"] == f"{tmp_path}/bad\\xff.png"
+
+
 def test_a_non_utf8_markup_path_through_the_console_script(tmp_path: Path) -> None:
     """Real argv decoding and real stderr: the bytes come back as ``\\xff``, markup as text."""
     missing = os.path.join(os.fsencode(tmp_path), b"run\xff[/b]")
@@ -462,6 +476,54 @@ def indexed_run(
     return run, store
 
 
+def _craft_a_huge_count(index: Path) -> None:
+    """Make the flat index claim 7 GiB of vectors in its few-KB file; the sidecar's sha256 is
+    recomputed, as a forger would."""
+    import hashlib
+    import struct
+
+    data = bytearray(index.read_bytes())
+    at = data.find(b"IxFI") + 4 + 4 + 8 + 8 + 8 + 1 + 4  # fourcc, d, ntotal, 2 dummies, ...
+    assert struct.unpack_from("<Q", data, at)[0] < len(data)  # the codes' count, as written
+    struct.pack_into("<Q", data, at, 7 * 2**30 // 4)
+    index.write_bytes(bytes(data))
+    side = index.with_name(index.name + ".json")
+    meta = json.loads(side.read_text())
+    meta["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    side.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("command", ["verify", "query"])
+def test_an_index_claiming_gigabytes_is_refused_without_allocating_them(
+    command: str, indexed_run: tuple[Path, Path], hostile_data: Path, tmp_path: Path
+) -> None:
+    run, store = indexed_run
+    crafted = tmp_path / "emb.zarr"
+    shutil.copytree(store, crafted)
+    for name in ("emb.faiss", "emb.faiss.json"):
+        shutil.copy(store.with_name(name), tmp_path / name)
+    _craft_a_huge_count(tmp_path / "emb.faiss")
+    args = {
+        "verify": ["verify", str(tmp_path / "emb.faiss")],
+        "query": ["query", query_image(hostile_data), "--run", str(run), "--store", str(crafted)],
+    }[command]
+    script = (
+        "import resource, sys\n"
+        "from lscindex_cli.main import main\n"
+        "try:\n    main(sys.argv[1:])\n"
+        "finally:\n"
+        "    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300
+    )
+    *lines, peak = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1 and "it asks for more memory than a " in lines[0], proc.stderr
+    assert "damaged or crafted); rebuild it with lscindex index" in lines[0]
+    assert int(peak.split()[1]) < 1_500_000  # KiB: far from the 7 GiB the file claims
+
+
 FAISS_ERROR = (
     "Error in faiss::Index* faiss::read_index(faiss::IOReader*, int) at "
     '/project/faiss/faiss/impl/index_read.cpp:1044: Index type 0x4a4a4a4a ("JJJJ") not '
@@ -590,3 +652,32 @@ def test_a_url_that_cannot_be_opened_is_one_line_and_nothing_is_written_locally(
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, expected, before=before, roots=(tiny_run,))
     assert list(tmp_path.iterdir()) == []  # no ./s3:/bucket/... folder
+
+
+def test_crafted_recorded_locations_are_not_fetched_unasked(
+    indexed_run: tuple[Path, Path],
+    hostile_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stores.json or index sidecar naming an ftp:// or http:// address: query skips the
+    recorded store at once (no connection attempted), verify of the index is one line saying
+    to pass the store."""
+    run, store = indexed_run
+    crafted_run = tmp_path / "run"
+    shutil.copytree(run, crafted_run)
+    (crafted_run / "stores.json").write_text(json.dumps([{"path": "ftp://192.0.2.1/emb.zarr"}]))
+    start = time.monotonic()
+    code, out, err = run_cli(
+        ["query", query_image(hostile_data), "--run", str(crafted_run), "--json"], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out)["store"] is None and time.monotonic() - start < 30
+    index = tmp_path / "emb.faiss"
+    shutil.copy(store.with_name("emb.faiss"), index)
+    side = json.loads(store.with_name("emb.faiss.json").read_text())
+    side["store"] = "http://192.0.2.1/emb.zarr"
+    (tmp_path / "emb.faiss.json").write_text(json.dumps(side))
+    code, _, err = run_cli(["verify", str(index)], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "names store http://192.0.2.1/emb.zarr, a http:// URL lscindex does not open" in err

@@ -293,3 +293,30 @@ def test_s3_errors_are_one_line_naming_the_fix(
     monkeypatch.undo()
     s3fs.S3FileSystem.clear_instance_cache()
     assert objects("") == before
+
+
+def test_an_endpoint_that_never_answers_is_a_one_line_timeout(tmp_path: Path) -> None:
+    """A server that accepts connections and never answers: the command ends with one line
+    naming object storage and the timeout, after LSCINDEX_REMOTE_TIMEOUT_S per attempt (s3fs
+    retries a few), instead of hanging."""
+    import os
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes the handshakes; nothing ever reads or answers
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {**os.environ, **s3_environment(endpoint), "LSCINDEX_REMOTE_TIMEOUT_S": "0.5"}
+        start = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "lscindex_cli.main", "verify", f"s3://{BUCKET}/emb.zarr"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        took = time.monotonic() - start
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: object storage: ") and "timeout" in lines[0].lower()
+    assert took < 120

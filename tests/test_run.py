@@ -56,7 +56,12 @@ def test_published_weights_name_their_assignment_table(tmp_path: Path) -> None:
 
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
-    assert meta == {"epoch": "2", "global_step": "7", "assignment_sha256": table_sha256(table)}
+    assert meta == {
+        "epoch": "2",
+        "global_step": "7",
+        "assignment_sha256": table_sha256(table),
+        "tensors_sha256": run_files.tensors_sha256(state),  # what verify checks the file by
+    }
 
 
 def test_stores_are_recorded_once_per_path_newest_last(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ DOC = ROOT / "docs" / "store.md"
 DOC_URL = "http://127.0.0.1:8000"
 DOC_IMAGE = "data/glyphs/val/U+00004E/DejaVuSansMono.png"
 # Test-only limits, small enough to reach cheaply (the documented command runs with them added).
-MAX_BATCH, MAX_UPLOAD_MB, MAX_REQUEST_MPX = 4, 0.05, 0.02
+MAX_BATCH, MAX_UPLOAD_MB, MAX_REQUEST_MPX, BODY_TIMEOUT_S = 4, 0.05, 0.02, 2.0
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
@@ -103,7 +103,7 @@ def server(
     args = [paths.get(word, word) for word in shlex.split(serve_line)[2:]]
     args += ["--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
     args += ["--max-batch", str(MAX_BATCH), "--max-upload-mb", str(MAX_UPLOAD_MB)]
-    args += ["--max-request-mpx", str(MAX_REQUEST_MPX)]
+    args += ["--max-request-mpx", str(MAX_REQUEST_MPX), "--body-timeout-s", str(BODY_TIMEOUT_S)]
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -170,6 +170,7 @@ def test_health_and_info_name_what_answers(
         "max_request_mpx": MAX_REQUEST_MPX,
         "max_inflight_mpx": 200.0,
         "max_pending": 64,
+        "body_timeout_s": BODY_TIMEOUT_S,
         "default_k": 5,
     }
     assert_same_shape(info, documented_json(DOC, "info"))
@@ -378,6 +379,7 @@ def _bad_requests(image: Path, tmp_path: Path) -> list[tuple[str, Any, int, str]
         ("wrong method", lambda u: httpx.get(f"{u}/search"), 405,
          "method not allowed: GET /search; the endpoints are GET /health"),
         ("no endpoint", lambda u: httpx.get(f"{u}/nowhere"), 404, "not found: GET /nowhere"),
+        ("no docs page", lambda u: httpx.get(f"{u}/docs"), 404, "not found: GET /docs"),
     ]  # fmt: skip
 
 
@@ -391,6 +393,40 @@ def test_bad_requests_get_a_status_and_one_line_error(
         assert "\n" not in response.text.strip(), what
         body = strict_json(response.text)
         assert list(body) == ["error"] and part in body["error"], (what, body)
+
+
+def test_a_stalled_upload_gets_408_after_the_body_timeout(server: tuple[str, Path]) -> None:
+    """A client that declares a body and stops sending holds its connection only until
+    --body-timeout-s (2 s here), then gets a one-line 408."""
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /classify HTTP/1.1\r\nhost: {host}\r\ncontent-length: 5000\r\n"
+        "content-type: multipart/form-data; boundary=xyz\r\n\r\n--xyz\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head.encode())
+        start = time.monotonic()
+        answer = conn.recv(65536)
+        waited = time.monotonic() - start
+        length = int(re.search(rb"content-length: (\d+)", answer, re.I).group(1))  # type: ignore[union-attr]
+        while len(answer.split(b"\r\n\r\n", 1)[-1]) < length:
+            answer += conn.recv(65536)  # the body may come in a segment of its own
+    head, body_bytes = answer.decode().split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 408"), head
+    assert BODY_TIMEOUT_S - 0.5 < waited < BODY_TIMEOUT_S + 10
+    body = strict_json(body_bytes)
+    assert "the request body did not arrive within 2 s (7 bytes came)" in body["error"]
+
+
+def test_openapi_describes_exactly_the_endpoints(server: tuple[str, Path]) -> None:
+    from lscindex.service import ENDPOINTS
+
+    url, _ = server
+    spec = httpx.get(f"{url}/openapi.json").json()
+    described = {f"{m.upper()} {p}" for p, methods in spec["paths"].items() for m in methods}
+    assert described | {"GET /openapi.json"} == set(ENDPOINTS)
+    assert spec["paths"]["/search"]["post"]["parameters"][0]["name"] == "k"
 
 
 def test_the_server_log_has_no_traceback(server: tuple[str, Path]) -> None:
@@ -501,6 +537,7 @@ def test_serve_help_states_the_library_defaults(
     assert f"in millions (default {default_of(create_app, 'max_request_mpx'):g})" in text
     assert f"Retry-After (default {default_of(create_app, 'max_inflight_mpx'):g})" in text
     assert f"Retry-After (default {default_of(create_app, 'max_pending')})" in text
+    assert f"slower: 408 (default {default_of(create_app, 'body_timeout_s'):g})" in text
 
 
 def test_decoded_pixels_past_the_servers_budget_get_503_with_retry_after(

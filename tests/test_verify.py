@@ -82,7 +82,7 @@ def test_clean_store_index_and_run_verify_with_exit_0(
     expected = {
         store_copy: ["header", "layout", "metadata", "rows", "chunks", "finite", "checksums"],
         index_copy: ["sidecar", "sha256", "store", "fingerprint", "read", "ids", "vectors"],
-        run_copy: ["config", "classes", "weights", "assignment"],
+        run_copy: ["config", "classes", "weights", "assignment", "checkpoints"],
     }
     for path, checks in expected.items():
         code, out, err = run_cli(["verify", str(path), "--json"], capsys)
@@ -398,6 +398,13 @@ def _swap_table_entries(run: Path) -> None:
     save_file({"table": table}, str(run / "assignment.safetensors"))
 
 
+def _flip_last_byte(file: Path) -> None:
+    """Change the last byte of a safetensors file: tensor data, not its header."""
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
 def _edit_model_config(run: Path, **changes: object) -> None:
     """Change keys of config.json's model (``dim`` goes into its system)."""
     config = json.loads((run / "config.json").read_text())
@@ -416,6 +423,21 @@ RUN_DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
         lambda p: os.truncate(p / "model.safetensors", 2000),
         "weights",
         "model.safetensors is damaged",
+    ),
+    "a weight changed": (
+        lambda p: _flip_last_byte(p / "model.safetensors"),
+        "weights",
+        "model.safetensors holds other tensors than it was written with",
+    ),
+    "newest checkpoint gone": (
+        lambda p: shutil.rmtree(next((p / "checkpoints").glob("step-*"))),
+        "checkpoints",
+        "has no readable newest checkpoint",
+    ),
+    "checkpoint optimizer changed": (
+        lambda p: _flip_last_byte(next((p / "checkpoints").glob("step-*/optimizer.safetensors"))),
+        "checkpoints",
+        "optimizer.safetensors holds other tensors",
     ),
     "config names another dim": (
         lambda p: _edit_model_config(p, dim=40),
@@ -461,3 +483,21 @@ def test_paths_that_look_like_markup_are_printed_as_they_are(
     code, printed, err = run_cli(["verify", str(out)], capsys)
     assert code == 0, err
     assert "a[/b]" in printed.replace("\n", "")
+
+
+def test_a_run_written_before_contents_checksums_verifies_saying_so(
+    run_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = run_copy / "model.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        metadata = {k: v for k, v in (f.metadata() or {}).items() if k != "tensors_sha256"}
+    save_file(load_file(str(file)), str(file), metadata=metadata)
+    shutil.rmtree(run_copy / "checkpoints")
+    code, out, err = run_cli(["verify", str(run_copy), "--json"], capsys)
+    assert code == 0, err
+    checks = {c["name"]: c["detail"] for c in json.loads(out)["checks"]}
+    assert "no contents checksum (written before lscindex stored one)" in checks["weights"]
+    assert checks["checkpoints"] == "none (the run keeps no resumable state)"

@@ -62,6 +62,12 @@ def serve(
             "(default 64).",
         ),
     ] = None,
+    body_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request's body has to arrive in full; slower: 408 (default 60)."
+        ),
+    ] = None,
 ) -> None:
     """Answer POST /classify and /search over HTTP with the query --json document.
 
@@ -87,6 +93,7 @@ def serve(
             "max_request_mpx": max_request_mpx,
             "max_inflight_mpx": max_inflight_mpx,
             "max_pending": max_pending,
+            "body_timeout_s": body_timeout_s,
         }
         app = create_app(retriever, **{k: v for k, v in limits.items() if v is not None})
         bound = int(sock.getsockname()[1])
