@@ -15,7 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -206,14 +206,7 @@ def build_store(
     if isinstance(final, Path):
         _check_out_is_no_input(final, inputs)
     opened = _open_encoder(run, str(select_device(device, here.local_rank)))
-    # The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
-    # Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
-    # refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
-    with (
-        process_group(opened.device, backend="gloo"),
-        _rank0_lock(final, here),
-        stop_requests() as stop,
-    ):
+    with _writing(opened, final, here) as stop:
         items = resolve_inputs(inputs, opened.class_keys, opened.class_names, split=split)
         existing = _existing_store(final) if append else None
         if existing is not None:
@@ -224,6 +217,19 @@ def build_store(
         return _embed(
             opened, final, items, planned, overwrite, batch_size, workers, progress, started, stop
         )
+
+
+@contextmanager
+def _writing(run: Run, final: Location, here: Ranks) -> Iterator[StopRequest]:
+    """The process group, rank 0's lock on ``final`` and the stop request of a writing job.
+
+    The ranks only meet at barriers, which gloo runs on the CPU whatever the model's device.
+    Only rank 0 takes the lock: it alone creates, swaps and records the store. If it is
+    refused, the error ends the job and torchrun stops the ranks waiting at the barrier.
+    """
+    group = process_group(run.device, backend="gloo")
+    with group, _rank0_lock(final, here), stop_requests() as stop:
+        yield stop
 
 
 def _embed(
@@ -516,12 +522,10 @@ def _write_rows(
         start, stop_row = header.chunk_range(chunk)
         if sum(len(p.rows) for p in parts) == stop_row - max(start, first_row):
             _write_chunk(writer, chunk, pending.pop(chunk), items, run.class_names)
-            if stop:
-                raise _preempted(writer, stop)
         done += len(batch.rows)
         if progress is not None:
             progress(done, todo, done / max(time.perf_counter() - tick, 1e-9))
-        if stop and not pending:  # no chunk in flight: stop before beginning the next
+        if stop and not pending and done < todo:  # no chunk in flight: stop before the next
             raise _preempted(writer, stop)
     return done, errors
 

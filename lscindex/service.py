@@ -94,15 +94,14 @@ class _RequestError(InputError):
 
 @dataclass(frozen=True)
 class _Limits:
-    """What one request may hold: ``max_batch`` images of at most ``upload_bytes`` each,
-    ``max_request_mpx`` million pixels once decoded; ``max_inflight_mpx`` for all at once."""
+    """The limits of :func:`create_app` (see its arguments), checked."""
 
     max_upload_mb: float
     max_batch: int
-    max_request_mpx: float = 100.0
-    max_inflight_mpx: float = 200.0
-    max_pending: int = 64
-    body_timeout_s: float = 60.0
+    max_request_mpx: float
+    max_inflight_mpx: float
+    max_pending: int
+    body_timeout_s: float
 
     @property
     def upload_bytes(self) -> int:
@@ -246,15 +245,7 @@ def _info_document(retriever: Retriever, limits: _Limits) -> dict[str, Any]:
         **{key: answered[key] for key in identity},
         lscindex_version=__version__,
         endpoints=list(ENDPOINTS),
-        limits={
-            "max_upload_mb": limits.max_upload_mb,
-            "max_batch": limits.max_batch,
-            "max_request_mpx": limits.max_request_mpx,
-            "max_inflight_mpx": limits.max_inflight_mpx,
-            "max_pending": limits.max_pending,
-            "body_timeout_s": limits.body_timeout_s,
-            "default_k": DEFAULT_K,
-        },
+        limits={**dataclasses.asdict(limits), "default_k": DEFAULT_K},
     )
 
 

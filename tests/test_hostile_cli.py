@@ -507,12 +507,14 @@ def test_an_index_claiming_gigabytes_is_refused_without_allocating_them(
         "verify": ["verify", str(tmp_path / "emb.faiss")],
         "query": ["query", query_image(hostile_data), "--run", str(run), "--store", str(crafted)],
     }[command]
+    # VmHWM, not ru_maxrss: the latter keeps the RSS the forking test process had
     script = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from lscindex_cli.main import main\n"
         "try:\n    main(sys.argv[1:])\n"
         "finally:\n"
-        "    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    print('peak', re.search(r'VmHWM:\\s+(\\d+)', status)[1], file=sys.stderr)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300

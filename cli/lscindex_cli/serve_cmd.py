@@ -22,6 +22,37 @@ from lscindex_cli._common import (
 )
 from lscindex_cli.query_cmd import print_choice
 
+# The request limits (None: create_app's default, which the help states).
+MaxUploadMb = Annotated[
+    float | None, typer.Option(help="Largest image upload, in MiB (default 8).")
+]
+MaxBatch = Annotated[
+    int | None, typer.Option(min=1, help="Most images in one request (default 16).")
+]
+MaxRequestMpx = Annotated[
+    float | None,
+    typer.Option(help="Most pixels one request's images decode to, in millions (default 100)."),
+]
+MaxInflightMpx = Annotated[
+    float | None,
+    typer.Option(
+        help="Most decoded pixels of all requests at once, in millions; past it 503 with "
+        "Retry-After (default 200)."
+    ),
+]
+MaxPending = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Most requests answered or waiting at once; more get 503 with Retry-After "
+        "(default 64).",
+    ),
+]
+BodyTimeout = Annotated[
+    float | None,
+    typer.Option(help="Seconds a request's body has to arrive in full; slower: 408 (default 60)."),
+]
+
 
 def serve(
     run: RunChoice = None,
@@ -37,37 +68,12 @@ def serve(
     device: Annotated[
         str, choice_option(help="auto: CUDA when present, else the CPU.", **DEVICE_CHOICES)
     ] = "auto",
-    max_upload_mb: Annotated[
-        float | None, typer.Option(help="Largest image upload, in MiB (default 8).")
-    ] = None,
-    max_batch: Annotated[
-        int | None, typer.Option(min=1, help="Most images in one request (default 16).")
-    ] = None,
-    max_request_mpx: Annotated[
-        float | None,
-        typer.Option(help="Most pixels one request's images decode to, in millions (default 100)."),
-    ] = None,
-    max_inflight_mpx: Annotated[
-        float | None,
-        typer.Option(
-            help="Most decoded pixels of all requests at once, in millions; past it 503 "
-            "with Retry-After (default 200)."
-        ),
-    ] = None,
-    max_pending: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Most requests answered or waiting at once; more get 503 with Retry-After "
-            "(default 64).",
-        ),
-    ] = None,
-    body_timeout_s: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds a request's body has to arrive in full; slower: 408 (default 60)."
-        ),
-    ] = None,
+    max_upload_mb: MaxUploadMb = None,
+    max_batch: MaxBatch = None,
+    max_request_mpx: MaxRequestMpx = None,
+    max_inflight_mpx: MaxInflightMpx = None,
+    max_pending: MaxPending = None,
+    body_timeout_s: BodyTimeout = None,
 ) -> None:
     """Answer POST /classify and /search over HTTP with the query --json document.
 
@@ -94,7 +100,7 @@ def serve(
             "max_inflight_mpx": max_inflight_mpx,
             "max_pending": max_pending,
             "body_timeout_s": body_timeout_s,
-        }
+        }  # None: create_app's default
         app = create_app(retriever, **{k: v for k, v in limits.items() if v is not None})
         bound = int(sock.getsockname()[1])
         address = f"[{host}]" if ":" in host else host
