@@ -273,8 +273,9 @@ def _remote(url: str, scheme: str, what: str) -> RemotePath:
             f"{what} {url}: unknown URL scheme {scheme}://; use a local path or an fsspec URL "
             f"(s3://, gs://, az://, memory://, file://)"
         ) from None
+    options = _timeouts(scheme)
     try:
-        fs, inner = fsspec.url_to_fs(url, **_timeouts(scheme))
+        fs, inner = fsspec.url_to_fs(url, **options)
     except Exception as exc:  # a malformed URL or a file system that cannot start
         raise StoreError(f"{what} {url}: cannot open its file system ({exc})") from None
     if not inner.strip("/"):

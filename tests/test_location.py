@@ -141,3 +141,14 @@ def test_a_memory_store_round_trips_like_a_local_one(
         assert verify_path(remote).ok and verify_path(str(info.path)).ok
     parts = read_parquet(as_location(f"{bucket}/emb.zarr/metadata"))
     assert parts.num_rows == 18
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3"])
+def test_a_remote_timeout_that_is_no_positive_number_is_refused_by_name(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LSCINDEX_REMOTE_TIMEOUT_S", value)
+    with pytest.raises(
+        StoreError, match=rf"^LSCINDEX_REMOTE_TIMEOUT_S='{value}' is not a positive"
+    ):
+        as_location("s3://bucket/emb.zarr", "store")
