@@ -257,7 +257,7 @@ def read_faiss_index(path: Location, info: IndexInfo) -> Any:
     import numpy as np
 
     data = path.read_bytes() if isinstance(path, RemotePath) else None
-    size = len(data) if data is not None else Path(str(path)).stat().st_size
+    size = len(data) if data is not None else path.stat().st_size  # type: ignore[union-attr]
     try:
         with memory_budget(max(8 * size, MIN_READ_BUDGET_BYTES)):
             if data is not None:
